@@ -1,0 +1,236 @@
+"""The `edgekd` command line. Thin: each command resolves its options and calls one function."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgekd.errors import EdgekdError, ExitCode
+
+app = typer.Typer(
+    help="Distil, prune and quantize an image classifier into an INT8 model that fits an edge device's budget.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+targets_app = typer.Typer(help="Hardware targets (targets/*.toml): runtimes, budgets, peak figures.", no_args_is_help=True)
+profiles_app = typer.Typer(help="Compression recipes (profiles/*.toml).", no_args_is_help=True)
+app.add_typer(targets_app, name="targets")
+app.add_typer(profiles_app, name="profiles")
+out = Console()
+
+
+@app.command()
+def compress(
+    target: Annotated[Optional[str], typer.Option(help="Target name (see `edgekd targets list`) or a TOML file. [default: jetson-orin]")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="Recipe name (see `edgekd profiles list`) or a TOML file. [default: default]")] = None,
+    data: Annotated[Optional[str], typer.Option(help="ImageFolder tree (train/ + val/, or one tree split by the profile's val_fraction). Default: Fashion-MNIST from Debian's dataset-fashion-mnist.")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Square size ImageFolder images are resized to. [default: 32]", min=8)] = None,
+    teacher: Annotated[Optional[str], typer.Option(help="Teacher: an edgekd checkpoint, a state dict (+ --teacher-arch), a TorchScript or torch.export (.pt2) file, or an architecture name with --teacher-weights. Default: train the built-in teacher once and cache it.")] = None,
+    teacher_arch: Annotated[Optional[str], typer.Option(help="Architecture of a bare state-dict --teacher.")] = None,
+    teacher_weights: Annotated[Optional[str], typer.Option(help="Weights file for a named --teacher architecture.")] = None,
+    student: Annotated[Optional[str], typer.Option(help="Student architecture: edgekd_cnn, mobilenet_v3_small, resnet18, edgekd_resnet. [default: the profile's]")] = None,
+    width: Annotated[Optional[float], typer.Option(help="Student width multiplier. [default: the profile's]", min=0.05)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed; the same command and seed give the same model. [default: the profile's]")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Run folder. [default: runs/<timestamp>-<target>]")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Resume this run folder: completed stages are skipped (if their inputs and config are unchanged), an interrupted stage restarts from its last epoch.")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Where the built-in teacher is cached.", envvar="EDGEKD_CACHE_DIR")] = None,
+) -> None:
+    """Run teacher -> distill -> prune -> QAT -> export -> verify, and check the student against the target's budget.
+
+    Exit codes: 0 budget met, 3 budget missed, 2 bad input, 5 disk or environment, 130 interrupted.
+    """
+    from edgekd.pipeline import CompressOptions, compress as run_compress, saved_options
+    from edgekd.stages.teacher import TeacherSource
+
+    given = {
+        "target": target, "profile": profile, "data": data, "image_size": image_size, "teacher": teacher,
+        "teacher_arch": teacher_arch, "teacher_weights": teacher_weights, "student": student, "width": width,
+        "seed": seed,
+    }
+    if resume is not None:
+        if run_dir is not None and run_dir != resume:
+            raise _bad("--resume and --run-dir name different folders; give one")
+        saved = saved_options(resume)
+        given = {k: (v if v is not None else saved.get(k)) for k, v in given.items()}
+        run_dir = resume
+    options = CompressOptions(
+        target=given["target"] or "jetson-orin",
+        profile=given["profile"] or "default",
+        data=given["data"],
+        image_size=given["image_size"] or 32,
+        teacher=TeacherSource(given["teacher"], given["teacher_arch"], given["teacher_weights"]),
+        student=given["student"],
+        width=given["width"],
+        seed=given["seed"],
+        run_dir=run_dir,
+        cache_dir=cache_dir,
+    )
+    result = run_compress(options)
+    from edgekd import distributed
+
+    if distributed.is_main():
+        print_report(result.report, result.run_dir)
+    distributed.shutdown()
+    raise typer.Exit(int(result.exit_code))
+
+
+def print_report(report: dict, run_dir: Path) -> None:
+    table = Table(title=f"edgekd: {report['profile']} profile -> {report['target']['name']}")
+    for column in ("stage", "top-1", "params", "MACs", "size", "p50 ms", "p99 ms", "latency"):
+        table.add_column(column, justify="left" if column in ("stage", "latency") else "right")
+    for stage in report["stages"]:
+        lat = stage["latency_ms"]
+        table.add_row(
+            stage["name"] + (" (resumed)" if stage.get("resumed") else ""),
+            f"{100 * stage['accuracy']:.2f}%",
+            f"{stage['params']:,}",
+            f"{stage['macs'] / 1e6:.2f}M",
+            f"{stage['size_bytes'] / 1024:.0f} KiB",
+            f"{lat['p50']:.3f}",
+            f"{lat['p99']:.3f}",
+            lat["source"],
+        )
+    out.print(table)
+    runtimes = sorted({s["latency_ms"]["runtime"] for s in report["stages"]})
+    out.print(f"latency: {'; '.join(runtimes)}; batch {report['target']['batch']}")
+    budget = report["budget"]
+    out.print(("[green]" if budget["met"] else "[red]") + budget["verdict"])
+    out.print(f"run folder: {run_dir}  (report.json, {', '.join(v for v in report['artifacts'].values() if v)})")
+
+
+@targets_app.command("list")
+def targets_list() -> None:
+    """List the hardware targets."""
+    from edgekd.config import list_targets
+
+    table = Table()
+    for column in ("name", "aliases", "runtime", "precision", "batch", "budget", "measured here?"):
+        table.add_column(column)
+    from edgekd.verify import measurable_here
+
+    for t in list_targets():
+        budget = ", ".join(f"{k} {v:g}" for k, v in t.budget.model_dump().items() if v is not None)
+        here, why = measurable_here(t)
+        table.add_row(t.name, ", ".join(t.aliases), t.runtime.value, t.precision.value, str(t.input.batch), budget,
+                      "yes" if here else f"no: estimated ({why})")
+    out.print(table)
+
+
+@targets_app.command("show")
+def targets_show(name: str) -> None:
+    """Show one target's validated fields."""
+    import json
+
+    from edgekd.config import load_target
+
+    out.print_json(json.dumps(load_target(name).model_dump(mode="json")))
+
+
+@profiles_app.command("list")
+def profiles_list() -> None:
+    """List the compression recipes."""
+    from edgekd.config import list_profiles
+
+    table = Table()
+    for column in ("name", "student", "distill epochs", "prune", "quantize", "description"):
+        table.add_column(column)
+    for p in list_profiles():
+        prune = f"{p.prune.ratio:g} by {p.prune.by}" if p.prune.enabled else "off"
+        quant = f"{p.quantize.method} ({p.quantize.epochs} ep)" if p.quantize.enabled else "off"
+        table.add_row(p.name, f"{p.student.arch} x{p.student.width:g}", str(p.distill.epochs), prune, quant, p.description)
+    out.print(table)
+
+
+@profiles_app.command("show")
+def profiles_show(name: str) -> None:
+    """Show one profile's validated fields, defaults filled in."""
+    import json
+
+    from edgekd.config import load_profile
+
+    out.print_json(json.dumps(load_profile(name).model_dump(mode="json")))
+
+
+@app.command()
+def bench(
+    model: Annotated[Path, typer.Argument(help="An ONNX file (or a TensorRT .engine where TensorRT runs).")],
+    target: Annotated[str, typer.Option(help="Target name or TOML file.")] = "host-cpu",
+    batch: Annotated[Optional[int], typer.Option(help="Batch size. [default: the target's]", min=1)] = None,
+) -> None:
+    """Measure (or, where the target is not this machine, estimate) one model's latency against a target's budget."""
+    from edgekd.bench import bench_model
+
+    result = bench_model(model, target, batch)
+    out.print(result.summary)
+    raise typer.Exit(int(ExitCode.OK if result.met else ExitCode.BUDGET_MISSED))
+
+
+@app.command()
+def check(
+    report: Annotated[Path, typer.Argument(help="report.json of the run to check.")],
+    baseline: Annotated[Path, typer.Option(help="report.json of the accepted baseline.")],
+    tolerance: Annotated[float, typer.Option(help="Allowed relative slow-down of the normalised latency.", min=0)] = 0.10,
+    accuracy_tolerance: Annotated[float, typer.Option(help="Allowed top-1 drop, in absolute terms (0.01 = 1 point).", min=0)] = 0.01,
+) -> None:
+    """CI latency regression gate: non-zero exit (4) when the student got slower or less accurate than the baseline."""
+    from edgekd.check import compare
+    from edgekd.pipeline import read_report
+
+    result = compare(read_report(report), read_report(baseline), tolerance, accuracy_tolerance)
+    for line in result.lines:
+        out.print(line)
+    raise typer.Exit(int(ExitCode.OK if result.ok else ExitCode.REGRESSION))
+
+
+@app.command("build-engine")
+def build_engine(run_dir: Annotated[Path, typer.Argument(help="A run folder holding student.int8.onnx.")]) -> None:
+    """On the device: build the TensorRT engine for a run folder and measure it against the budget."""
+    from edgekd.deploy import build_engine_for_run
+
+    out.print(build_engine_for_run(run_dir))
+
+
+def _bad(message: str) -> EdgekdError:
+    from edgekd.errors import BadInputError
+
+    return BadInputError(message)
+
+
+def _terminate(signum, _frame):
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    from edgekd.quiet import quiet_libraries
+
+    quiet_libraries()
+    signal.signal(signal.SIGTERM, _terminate)
+    err = Console(stderr=True)
+    try:
+        code = app(standalone_mode=False)
+    except EdgekdError as error:
+        err.print(f"[red]edgekd: error:[/red] {error}", highlight=False, soft_wrap=True)
+        sys.exit(int(error.exit_code))
+    except KeyboardInterrupt:
+        err.print("edgekd: interrupted; completed stages and the last epoch checkpoint are kept. "
+                  "Resume with: edgekd compress --resume RUN_DIR", highlight=False, soft_wrap=True)
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except (typer.Abort,):
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except Exception as error:  # click usage errors
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(int(ExitCode.BAD_INPUT))
+        raise
+    sys.exit(code or 0)

@@ -1,0 +1,293 @@
+"""Targets and profiles as validated data.
+
+A *target* is a fact sheet about hardware (runtime, precision, budget, peak figures);
+a *profile* is a compression recipe (which stages run, with their hyper-parameters).
+Both are TOML files validated here, once, at the edge: everything past this module
+receives typed objects, and a typo in a file is an error that names the file and field.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import platform
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgekd.errors import BadInputError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TARGETS_DIR = REPO_ROOT / "targets"
+PROFILES_DIR = REPO_ROOT / "profiles"
+
+Positive = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- targets
+
+
+class Runtime(str, enum.Enum):
+    ONNXRUNTIME_CPU = "onnxruntime-cpu"
+    TENSORRT = "tensorrt"
+
+
+class Precision(str, enum.Enum):
+    INT8 = "int8"
+    FP16 = "fp16"
+    FP32 = "fp32"
+
+
+class ActivationScheme(str, enum.Enum):
+    SYMMETRIC = "symmetric"  # zero point 0: what TensorRT's explicit quantization needs
+    ASYMMETRIC = "asymmetric"  # a zero point per tensor: a little more accurate on CPUs
+
+
+class TargetInput(Strict):
+    batch: PositiveInt = 1  # batch the budget is stated for
+    max_batch: PositiveInt = 32  # upper end of the TensorRT optimisation profile
+
+    @model_validator(mode="after")
+    def _batch_range(self):
+        if self.max_batch < self.batch:
+            raise ValueError(f"max_batch ({self.max_batch}) is below batch ({self.batch})")
+        return self
+
+
+class Budget(Strict):
+    latency_p50_ms: Positive | None = None
+    latency_p99_ms: Positive | None = None
+    fps: Positive | None = None  # frames per second at `input.batch`; sets p50 = batch * 1000 / fps
+    memory_mb: Positive | None = None  # weights in the deployed file; optional
+
+    @model_validator(mode="after")
+    def _one_latency(self):
+        if self.latency_p50_ms is None and self.latency_p99_ms is None and self.fps is None:
+            raise ValueError("needs latency_p50_ms, latency_p99_ms or fps")
+        return self
+
+
+class Hardware(Strict):
+    """Peak figures for the roofline estimate (ops = 2 x MACs, as vendors count them)."""
+
+    int8_tops: Positive
+    fp16_tflops: Positive
+    fp32_tflops: Positive
+    memory_bandwidth_gbs: Positive
+    layer_overhead_us: Annotated[float, Field(ge=0)]
+
+
+class Target(Strict):
+    name: str
+    description: str = ""
+    aliases: list[str] = []
+    runtime: Runtime
+    precision: Precision = Precision.INT8
+    activations: ActivationScheme | None = None  # default: symmetric for TensorRT, asymmetric on CPUs
+    machine: Literal["any", "x86_64", "aarch64"]  # CPU architecture of the device; "any" = this host
+    threads: PositiveInt = 1  # intra-op threads for ONNX Runtime
+    tensorrt_dla: bool = False  # Jetson: the build script offers --useDLACore
+    input: TargetInput = TargetInput()
+    budget: Budget
+    hardware: Hardware
+
+    @property
+    def activation_scheme(self) -> ActivationScheme:
+        if self.activations is not None:
+            return self.activations
+        return ActivationScheme.SYMMETRIC if self.runtime is Runtime.TENSORRT else ActivationScheme.ASYMMETRIC
+
+    @property
+    def is_this_host_architecture(self) -> bool:
+        return self.machine == "any" or platform.machine() == self.machine
+
+    @property
+    def budget_p50_ms(self) -> float | None:
+        if self.budget.latency_p50_ms is not None:
+            return self.budget.latency_p50_ms
+        if self.budget.fps is not None:
+            return self.input.batch * 1000.0 / self.budget.fps
+        return None
+
+    @model_validator(mode="after")
+    def _scheme_fits_runtime(self):
+        if self.runtime is Runtime.TENSORRT and self.activations is ActivationScheme.ASYMMETRIC:
+            raise ValueError("activations: TensorRT supports symmetric INT8 only")
+        return self
+
+
+# ---------------------------------------------------------------- profiles
+
+
+class DataConfig(Strict):
+    batch_size: PositiveInt = 256
+    train_limit: PositiveInt | None = None  # use the first N training images (smoke runs)
+    test_limit: PositiveInt | None = None
+    val_fraction: Fraction = 0.2  # ImageFolder without train/val: held-out share, seeded
+    workers: Annotated[int, Field(ge=0)] = 0
+
+
+class TeacherConfig(Strict):
+    arch: str = "edgekd_resnet"
+    width: Positive = 1.0
+    epochs: PositiveInt = 5
+    lr: Positive = 0.3
+    weight_decay: Annotated[float, Field(ge=0)] = 5e-4
+
+
+class StudentConfig(Strict):
+    arch: str = "edgekd_cnn"
+    width: Positive = 1.0
+
+
+class HintConfig(Strict):
+    """Feature distillation: match one teacher feature map through a learned 1x1 adapter."""
+
+    teacher_layer: str
+    student_layer: str
+    weight: Positive = 1.0
+
+
+class DistillConfig(Strict):
+    epochs: PositiveInt = 3
+    lr: Positive = 0.2
+    weight_decay: Annotated[float, Field(ge=0)] = 5e-4
+    temperature: Positive = 4.0
+    alpha: Annotated[float, Field(ge=0, le=1)] = 0.9
+    hint: HintConfig | None = None
+
+
+class PruneConfig(Strict):
+    enabled: bool = True
+    ratio: Fraction = 0.5  # share of prunable channels (or of MACs, with by = "macs") removed
+    by: Literal["channels", "macs"] = "channels"
+    importance: Literal["l1", "l2", "taylor", "random"] = "l2"
+    global_pruning: bool = False
+    steps: PositiveInt = 2  # iterative: prune a slice, recover, repeat
+    epochs_per_step: PositiveInt = 1
+    lr: Positive = 0.05
+    ignore: list[str] = []  # module names never pruned; the classifier always is ignored
+
+
+class QuantizeConfig(Strict):
+    enabled: bool = True
+    method: Literal["qat", "ptq"] = "qat"
+    calibration_samples: PositiveInt = 1024
+    epochs: Annotated[int, Field(ge=0)] = 1
+    lr: Positive = 0.005
+
+
+class ExportConfig(Strict):
+    opset: Annotated[int, Field(ge=13, le=21)] = 17
+    atol: Positive = 1e-3  # max |logit difference| between PyTorch and ONNX Runtime (FP32)
+    int8_atol: Positive = 0.25  # same for INT8: rounding in fused kernels differs from fake-quant
+    min_top1_agreement: Annotated[float, Field(gt=0, le=1)] = 0.98
+
+
+class Profile(Strict):
+    name: str
+    description: str = ""
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    distill: DistillConfig = DistillConfig()
+    prune: PruneConfig = PruneConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    export: ExportConfig = ExportConfig()
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _read_toml(path: Path, kind: str) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise BadInputError(f"cannot read {kind} file {path}: {err.strerror}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise BadInputError(f"{path}: not valid TOML: {err}") from None
+
+
+def _validation_message(path: Path, err: ValidationError) -> str:
+    first = err.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    kind = first["type"]
+    if kind == "missing":
+        what = "missing required field"
+    elif kind == "extra_forbidden":
+        what = "unknown field"
+    else:
+        what = first["msg"][0].lower() + first["msg"][1:]
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{path}: field '{field}': {what}{more}"
+
+
+def _known(directory: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(directory.glob("*.toml"))}
+
+
+def load_target(name_or_path: str) -> Target:
+    """A target by name (targets/NAME.toml or an alias) or by path to a TOML file."""
+    path = _resolve(name_or_path, TARGETS_DIR, "target")
+    raw = _read_toml(path, "target")
+    try:
+        return Target.model_validate(raw)
+    except ValidationError as err:
+        raise BadInputError(_validation_message(path, err)) from None
+
+
+def load_profile(name_or_path: str) -> Profile:
+    path = _resolve(name_or_path, PROFILES_DIR, "profile")
+    raw = _read_toml(path, "profile")
+    try:
+        return Profile.model_validate(raw)
+    except ValidationError as err:
+        raise BadInputError(_validation_message(path, err)) from None
+
+
+def _resolve(name_or_path: str, directory: Path, kind: str) -> Path:
+    if name_or_path.endswith(".toml") or "/" in name_or_path:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise BadInputError(f"{kind} file not found: {path}")
+        return path
+    known = _known(directory)
+    if name_or_path in known:
+        return known[name_or_path]
+    if kind == "target":
+        for path in known.values():
+            aliases = tomllib.loads(path.read_text()).get("aliases", [])
+            if name_or_path in aliases:
+                return path
+    names = ", ".join(known) or f"none in {directory}"
+    raise BadInputError(f"unknown {kind} '{name_or_path}'; known: {names}")
+
+
+def list_targets() -> list[Target]:
+    return [load_target(str(p)) for p in _known(TARGETS_DIR).values()]
+
+
+def list_profiles() -> list[Profile]:
+    return [load_profile(str(p)) for p in _known(PROFILES_DIR).values()]
+
+
+def fingerprint(*parts: object) -> str:
+    """A stable content hash of configs and inputs: what decides whether a stage reruns."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, BaseModel):
+            part = part.model_dump(mode="json")
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,40 @@
+"""Errors a user can act on, each with the exit code the CLI returns for it.
+
+Anything raised as an `EdgekdError` is printed as one line, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit codes; the README documents them, CI scripts branch on them."""
+
+    OK = 0
+    INTERNAL = 1  # a bug in edgekd: the one case that prints a traceback
+    BAD_INPUT = 2  # a file, flag, data set or checkpoint that cannot be used
+    BUDGET_MISSED = 3  # the pipeline finished but the student misses the target's budget
+    REGRESSION = 4  # `edgekd check`: slower or less accurate than the baseline
+    ENVIRONMENT = 5  # disk full, unwritable run folder, missing runtime
+    INTERRUPTED = 130  # Ctrl-C / SIGTERM; the run folder can be resumed
+
+
+class EdgekdError(Exception):
+    exit_code = ExitCode.INTERNAL
+
+
+class BadInputError(EdgekdError):
+    """Something the user handed us is wrong: say what and where."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+class EnvironmentProblem(EdgekdError):
+    """The machine, not the input, stops us: disk, permissions, a missing runtime."""
+
+    exit_code = ExitCode.ENVIRONMENT
+
+
+class Interrupted(EdgekdError):
+    exit_code = ExitCode.INTERRUPTED

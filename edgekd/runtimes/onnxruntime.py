@@ -1,0 +1,95 @@
+"""ONNX Runtime on the CPU: run, time, and profile per layer."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.errors import BadInputError
+from edgekd.latency import Latency, percentiles, time_calls
+
+
+def session_options(threads: int, optimized_path: Path | None = None, profile_prefix: str | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return options
+
+
+def open_session(path: Path, threads: int, **kwargs):
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path), session_options(threads, **kwargs), providers=["CPUExecutionProvider"])
+    except Exception as err:  # ORT raises its own Fail / InvalidGraph / NoSuchFile types
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise BadInputError(f"{path}: ONNX Runtime cannot load it ({first})") from None
+
+
+class OnnxRuntimeRunner:
+    """One ONNX Runtime CPU session with the target's thread count."""
+
+    def __init__(self, path: Path, threads: int = 1):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.threads = threads
+        self.session = open_session(self.path, threads)
+        meta = self.session.get_inputs()[0]
+        self.input_name = meta.name
+        self.input_shape = meta.shape
+        self.description = f"onnxruntime-cpu {ort.__version__} ({threads} thread{'s' if threads > 1 else ''})"
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
+
+    def example_input(self, batch: int, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        dims = shape or tuple(d if isinstance(d, int) else 1 for d in self.input_shape[1:])
+        return np.random.default_rng(0).standard_normal((batch, *dims)).astype(np.float32)
+
+    def measure(self, batch: int, label: str = "latency", **timing) -> Latency:
+        images = self.example_input(batch)
+        samples = time_calls(lambda: self.run(images), label=f"{label} (batch {batch})", **timing)
+        p50, p90, p99 = percentiles(samples)
+        return Latency(p50, p90, p99, "measured", self.description, batch, len(samples))
+
+
+def profile_layers(path: Path, threads: int, batch: int, runs: int = 30) -> list[dict]:
+    """Mean time per node from ONNX Runtime's own profiler: [{name, op, ms}], slowest first."""
+    with tempfile.TemporaryDirectory() as folder:
+        session = open_session(Path(path), threads, profile_prefix=str(Path(folder) / "ort"))
+        meta = session.get_inputs()[0]
+        dims = tuple(d if isinstance(d, int) else 1 for d in meta.shape[1:])
+        images = np.random.default_rng(0).standard_normal((batch, *dims)).astype(np.float32)
+        for _ in range(5):
+            session.run(None, {meta.name: images})
+        for _ in range(runs):
+            session.run(None, {meta.name: images})
+        trace = json.loads(Path(session.end_profiling()).read_text())
+    totals: dict[str, float] = defaultdict(float)
+    ops: dict[str, str] = {}
+    counts: dict[str, int] = defaultdict(int)
+    for event in trace:
+        if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
+            continue
+        name = event["name"][: -len("_kernel_time")]
+        totals[name] += event["dur"] / 1000.0
+        counts[name] += 1
+        ops[name] = event.get("args", {}).get("op_name", "?")
+    # the first 5 runs are warm-up: average over all runs seen, which the warm-up barely moves
+    rows = [{"name": n, "op": ops[n], "ms": totals[n] / counts[n]} for n in totals]
+    return sorted(rows, key=lambda r: r["ms"], reverse=True)

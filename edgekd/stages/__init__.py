@@ -1,0 +1,54 @@
+"""The stage contract: a model, a config and the data in; a model and a stage record out.
+
+Order (the pipeline enforces it): teacher -> distill -> prune -> quantize -> export.
+Pruning after quantization is not allowed: the INT8 graph's channels are fixed by its scales.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from edgekd.config import Profile, Target
+from edgekd.data import DataBundle
+from edgekd.runfolder import RunFolder
+
+
+@dataclass
+class StageContext:
+    """What a stage may read. Stages write only under `run`, and only through `progress`/`path`."""
+
+    profile: Profile
+    target: Target
+    data: DataBundle
+    teacher: nn.Module
+    run: RunFolder
+    example: torch.Tensor  # a batch of real test images, for tracing and parity checks
+    fingerprint: str = ""  # of this stage's inputs and config; epoch checkpoints carry it
+
+    def progress(self, stage: str) -> Path:
+        """The epoch checkpoint a training stage resumes from."""
+        return self.run.path(f"progress/{stage}.pt")
+
+
+@dataclass
+class StageOutput:
+    model: nn.Module
+    details: dict = field(default_factory=dict)  # stage-specific facts for the report
+    artifacts: dict[str, Path] = field(default_factory=dict)  # files this stage wrote
+    accuracy: float | None = None  # set when the stage measured it on its real artifact
+
+
+class Stage(Protocol):
+    name: str
+
+    def enabled(self, profile: Profile) -> bool: ...
+
+    def config(self, profile: Profile, target: Target) -> object:
+        """What the stage's result depends on, besides its input model (for the fingerprint)."""
+
+    def run(self, model: nn.Module, ctx: StageContext) -> StageOutput: ...

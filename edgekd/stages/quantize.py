@@ -1,0 +1,107 @@
+"""Stage 3: INT8. NNCF inserts fake quantizers (after BatchNorm folding), the student is
+fine-tuned through them with the distillation loss (QAT; or not at all, for PTQ), then stripped
+to native PyTorch quantize/dequantize ops and exported as an ONNX QDQ graph.
+
+The scheme follows the target: symmetric activations (zero point 0) and per-channel weights for
+TensorRT; asymmetric activations allowed on CPUs. Accuracy is measured on the exported file in
+ONNX Runtime, i.e. on the artifact that ships, not on the fake-quantized PyTorch model.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from edgekd.config import ActivationScheme, Profile, Target
+from edgekd.fold import fold_batchnorm
+from edgekd.losses import DistillationObjective
+from edgekd.onnx_export import check_parity, export_onnx
+from edgekd.stages import StageContext, StageOutput
+from edgekd.train import TrainPlan, fit
+
+INT8_ONNX = "student.int8.onnx"
+
+
+def use_eager_fake_quant() -> None:
+    """NNCF's CPU fake-quant kernels are a C++ extension compiled on first use (minutes on two
+    cores, and a timeout on a busy machine); its own fallback is torch.compile'd. Use the same
+    reference arithmetic eagerly instead: identical results, no compiler in the loop."""
+    from nncf.torch.quantization.extensions import QuantizedFunctionsCPU
+    from nncf.torch.quantization.reference import ReferenceQuantize, ReferenceBackendType
+
+    if QuantizedFunctionsCPU._loaded_namespace is None:
+        executor = ReferenceQuantize(backend_type=ReferenceBackendType.TORCH)
+
+        class EagerQuantizedFunctions:
+            Quantize_forward = staticmethod(executor.forward)
+            Quantize_backward = staticmethod(executor.backward)
+
+        QuantizedFunctionsCPU._loaded_namespace = EagerQuantizedFunctions
+
+
+def quantize_with_nncf(model: nn.Module, calibration: torch.utils.data.Dataset, samples: int,
+                       scheme: ActivationScheme, batch_size: int = 128) -> nn.Module:
+    """Fold BatchNorms, then insert NNCF's INT8 fake quantizers calibrated on `samples` images."""
+    import nncf
+
+    use_eager_fake_quant()
+    folded, _ = fold_batchnorm(model)
+    subset = Subset(calibration, range(min(samples, len(calibration))))
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False)
+    preset = nncf.QuantizationPreset.PERFORMANCE if scheme is ActivationScheme.SYMMETRIC else nncf.QuantizationPreset.MIXED
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return nncf.quantize(folded, nncf.Dataset(loader, lambda batch: batch[0]), preset=preset,
+                             subset_size=len(loader))  # NNCF counts dataset items: batches here
+
+
+def strip_to_qdq(quantized: nn.Module, example: torch.Tensor) -> nn.Module:
+    """Native torch quantize/dequantize ops: what exports to ONNX QuantizeLinear/DequantizeLinear."""
+    import nncf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return nncf.strip(quantized.eval(), do_copy=True, strip_format=nncf.StripFormat.NATIVE,
+                          example_input=example[:1])
+
+
+class QuantizeStage:
+    name = "quantize"
+
+    def enabled(self, profile: Profile) -> bool:
+        return profile.quantize.enabled
+
+    def config(self, profile: Profile, target: Target) -> object:
+        return {"quantize": profile.quantize.model_dump(), "scheme": target.activation_scheme.value,
+                "export": profile.export.model_dump(), "distill": profile.distill.model_dump(), "seed": profile.seed}
+
+    def run(self, model: nn.Module, ctx: StageContext) -> StageOutput:
+        from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner
+        from edgekd.train import predict_onnx
+
+        cfg = ctx.profile.quantize
+        scheme = ctx.target.activation_scheme
+        quantized = quantize_with_nncf(model, ctx.data.train, cfg.calibration_samples, scheme)
+        log_losses: list[float] = []
+        if cfg.method == "qat" and cfg.epochs > 0:
+            objective = DistillationObjective(ctx.teacher, ctx.profile.distill).with_input_shape(ctx.data.input_shape)
+            plan = TrainPlan(
+                epochs=cfg.epochs, lr=cfg.lr, weight_decay=0.0, batch_size=ctx.profile.data.batch_size,
+                seed=ctx.profile.seed, warmup=0.05, workers=ctx.profile.data.workers,
+            )
+            log = fit(quantized, objective, ctx.data.train, plan, label="QAT",
+                      checkpoint=ctx.progress(self.name), fingerprint=ctx.fingerprint)
+            log_losses = log.epoch_losses
+        stripped = strip_to_qdq(quantized, ctx.example)
+        path = export_onnx(stripped, ctx.example, ctx.run.path(INT8_ONNX), ctx.profile.export.opset)
+        parity = check_parity(stripped, path, ctx.example, ctx.profile.export.int8_atol)
+        accuracy = predict_onnx(OnnxRuntimeRunner(path, threads=ctx.target.threads), ctx.data.test)
+        return StageOutput(
+            stripped,
+            {"method": cfg.method, "scheme": scheme.value, "epoch_losses": log_losses, "parity": parity.as_dict()},
+            artifacts={"int8_onnx": path},
+            accuracy=accuracy,
+        )

@@ -1,0 +1,170 @@
+"""One training loop for every stage: teacher, distillation, pruning recovery and QAT.
+
+The stage picks the objective (labels, or the teacher); the loop owns the optimizer, the
+schedule, DDP, epoch checkpoints for resuming, and the progress bar. It is seeded so the same
+command and seed give the same model.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from edgekd import distributed
+from edgekd.progress import progress_bar
+from edgekd.runfolder import atomic_torch_save
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    epochs: int
+    lr: float
+    weight_decay: float
+    batch_size: int
+    seed: int
+    warmup: float = 0.15  # share of steps spent raising the learning rate (one-cycle schedule)
+    augment: bool = False  # random horizontal flips
+    fast_math: bool = False  # bf16 autocast + channels-last where the CPU/GPU has bf16 units (not for QAT)
+    workers: int = 0
+
+
+@dataclass
+class TrainLog:
+    epoch_losses: list[float] = field(default_factory=list)
+    resumed_from_epoch: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(x.shape[0], generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None].to(x.device), x.flip(-1), x)
+
+
+def _bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def fit(
+    model: nn.Module,
+    objective: nn.Module,
+    dataset: Dataset,
+    plan: TrainPlan,
+    *,
+    label: str,
+    checkpoint: Path | None = None,
+    fingerprint: str = "",
+) -> TrainLog:
+    """Train `model` in place; with `checkpoint`, save every epoch and resume from the last one."""
+    seed_everything(plan.seed)
+    device = distributed.device()
+    trainable = objective.trainable(model).to(device)
+    objective.to(device)
+    wrapped = trainable
+    if distributed.is_distributed():
+        wrapped = nn.parallel.DistributedDataParallel(trainable, device_ids=[device] if device.type == "cuda" else None)
+    sampler = DistributedSampler(
+        dataset, num_replicas=distributed.world_size(), rank=distributed.rank(), shuffle=True, seed=plan.seed
+    )
+    drop_last = len(dataset) // distributed.world_size() > plan.batch_size
+    loader = DataLoader(dataset, batch_size=plan.batch_size, sampler=sampler, num_workers=plan.workers, drop_last=drop_last)
+    parameters = [p for p in trainable.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(parameters, lr=plan.lr, momentum=0.9, nesterov=True, weight_decay=plan.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=plan.lr, total_steps=max(1, plan.epochs * len(loader)), pct_start=plan.warmup
+    )
+    fast = plan.fast_math and _bf16_supported(device)
+    if fast:
+        trainable.to(memory_format=torch.channels_last)
+    log = TrainLog()
+    start = 0
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        if state.get("fingerprint") == fingerprint and state.get("world_size") == distributed.world_size():
+            trainable.load_state_dict(state["trainable"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"])
+            log.epoch_losses = list(state["losses"])
+            start = log.resumed_from_epoch = state["epoch"] + 1
+    for epoch in range(start, plan.epochs):
+        sampler.set_epoch(epoch)
+        flips = torch.Generator().manual_seed(plan.seed * 1000 + epoch * 10 + distributed.rank())
+        objective.train()
+        wrapped.train()
+        total, batches = 0.0, 0
+        with progress_bar(f"{label} epoch {epoch + 1}/{plan.epochs}", len(loader)) as advance:
+            for x, y in loader:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if plan.augment:
+                    x = _flip(x, flips)
+                if fast:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
+                    loss = objective(wrapped(x), x, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total += float(loss.detach())
+                batches += 1
+                advance(loss=total / batches)
+        log.epoch_losses.append(distributed.mean_across_ranks(total / max(1, batches)))
+        if checkpoint is not None and distributed.is_main():
+            atomic_torch_save(
+                {
+                    "fingerprint": fingerprint,
+                    "world_size": distributed.world_size(),
+                    "epoch": epoch,
+                    "trainable": trainable.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "losses": log.epoch_losses,
+                },
+                checkpoint,
+            )
+        distributed.barrier()
+    if fast:
+        trainable.to(memory_format=torch.contiguous_format)
+    model.eval()
+    return log
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels over a whole split (in order)."""
+    model.eval()
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    logits, labels = [], []
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        logits.append(model(x.to(device)).float().cpu())
+        labels.append(y)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> float:
+    logits, labels = predict(model, dataset, batch_size)
+    return float((logits.argmax(1) == labels).float().mean())
+
+
+def predict_onnx(runner, dataset: Dataset, batch_size: int = 256) -> float:
+    """Top-1 accuracy of an exported model (any runner with `.run(images)`) over a split."""
+    correct = total = 0
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        correct += int((runner.run(x.numpy()).argmax(1) == y.numpy()).sum())
+        total += len(y)
+    return correct / max(1, total)
