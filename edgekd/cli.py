@@ -102,7 +102,7 @@ def print_report(report: dict, run_dir: Path) -> None:
     out.print(f"latency: {'; '.join(runtimes)}; batch {report['target']['batch']}")
     budget = report["budget"]
     out.print(("[green]" if budget["met"] else "[red]") + budget["verdict"])
-    out.print(f"run folder: {run_dir}  (report.json, {', '.join(v for v in report['artifacts'].values() if v)})")
+    out.print(f"run folder: {run_dir}  (open {run_dir / 'report.html'})")
 
 
 @targets_app.command("list")
@@ -183,7 +183,8 @@ def check(
     from edgekd.check import compare
     from edgekd.pipeline import read_report
 
-    result = compare(read_report(report), read_report(baseline), tolerance, accuracy_tolerance)
+    result = compare(read_report(report), read_report(baseline), tolerance, accuracy_tolerance,
+                     report_name=str(report), baseline_name=str(baseline))
     for line in result.lines:
         out.print(line)
     raise typer.Exit(int(ExitCode.OK if result.ok else ExitCode.REGRESSION))

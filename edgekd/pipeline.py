@@ -173,24 +173,9 @@ def _run_stages(model: nn.Module, ctx: StageContext, chain_fp: str) -> tuple[nn.
 
 
 def _budget(target: Target, final: dict) -> dict:
-    latency = final["latency_ms"]
-    limits = {"p50": target.budget_p50_ms, "p99": target.budget.latency_p99_ms}
-    checks = {k: latency[k] <= v for k, v in limits.items() if v is not None}
-    size_mb = final["size_bytes"] / 1e6
-    if target.budget.memory_mb is not None:
-        checks["memory"] = size_mb <= target.budget.memory_mb
-    met = all(checks.values())
-    basis = "measured" if latency["source"] == "measured" else "estimated (roofline; confirm on the device with `edgekd bench`)"
-    stated = ", ".join(f"{k} {latency[k]:.3f} ms vs {v:.3f} ms" for k, v in limits.items() if v is not None)
-    return {
-        "latency_ms": {k: v for k, v in limits.items()},
-        "memory_mb": target.budget.memory_mb,
-        "fps": target.budget.fps,
-        "met": met,
-        "checks": checks,
-        "source": latency["source"],
-        "verdict": f"{'MET' if met else 'MISSED'} on {target.name}: {stated}; {basis}",
-    }
+    from edgekd.bench import budget_verdict
+
+    return budget_verdict(target, final["latency_ms"], final["size_bytes"])
 
 
 def _reference(ctx: StageContext, student_onnx: Path) -> dict:
@@ -307,7 +292,11 @@ def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, da
         "artifacts": artifacts,
         "seconds": round(seconds, 1),
     }
-    artifacts["report_json"] = REPORT
+    from edgekd.report_html import ACCURACY_LATENCY_PNG, LAYERS_PNG, REPORT_HTML, write_html
+
+    artifacts.update({"report_json": REPORT, "report_html": REPORT_HTML,
+                      "plot_accuracy_latency": ACCURACY_LATENCY_PNG, "plot_layers": LAYERS_PNG})
+    write_html(report, run.root)
     atomic_write_json(run.path(REPORT), report)
     return report
 

@@ -18,7 +18,7 @@ from edgekd.latency import Latency
 def measurable_here(target: Target) -> tuple[bool, str]:
     """Whether this machine can measure `target`, and why not when it cannot."""
     if not target.is_this_host_architecture:
-        return False, f"{target.name} is a {target.machine} device; this host cannot run its CPU"
+        return False, f"{target.name} runs on {target.machine}; this host cannot run its CPU"
     if target.runtime is Runtime.ONNXRUNTIME_CPU:
         return True, ""
     from edgekd.runtimes.tensorrt import tensorrt_available

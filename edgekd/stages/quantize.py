@@ -54,8 +54,26 @@ def quantize_with_nncf(model: nn.Module, calibration: torch.utils.data.Dataset, 
     preset = nncf.QuantizationPreset.PERFORMANCE if scheme is ActivationScheme.SYMMETRIC else nncf.QuantizationPreset.MIXED
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return nncf.quantize(folded, nncf.Dataset(loader, lambda batch: batch[0]), preset=preset,
-                             subset_size=len(loader))  # NNCF counts dataset items: batches here
+        quantized = nncf.quantize(folded, nncf.Dataset(loader, lambda batch: batch[0]), preset=preset,
+                                  subset_size=len(loader))  # NNCF counts dataset items: batches here
+    if scheme is ActivationScheme.SYMMETRIC:
+        force_signed_activations(quantized)
+    return quantized
+
+
+def force_signed_activations(quantized: nn.Module) -> int:
+    """TensorRT has no UINT8 Q/DQ: its explicit quantization wants signed INT8 with zero point 0
+    everywhere, post-ReLU tensors included. NNCF's PERFORMANCE preset makes those unsigned, and
+    its `signedness_to_force` constraint conflicts with its own hardware configs, so flip the
+    calibrated quantizers to signed (same scale, range [-max, max]); QAT then adapts the scales."""
+    from nncf.torch.quantization.layers import SymmetricQuantizer
+
+    flipped = 0
+    for module in quantized.modules():
+        if isinstance(module, SymmetricQuantizer) and not module.signed:
+            module.signed = True
+            flipped += 1
+    return flipped
 
 
 def strip_to_qdq(quantized: nn.Module, example: torch.Tensor) -> nn.Module:

@@ -1,0 +1,327 @@
+"""report.html: the run's report.json as a page a person reads, with its two plots.
+
+One self-contained file (inline CSS, PNGs as data URIs, no script, nothing fetched) so it can be
+mailed or attached to a CI job and still open; the PNGs are also kept beside it for slides.
+Every latency says whether it was measured or estimated, as the report does.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+from edgekd.runfolder import atomic_write_bytes, atomic_write_text
+
+REPORT_HTML = "report.html"
+ACCURACY_LATENCY_PNG = "accuracy_latency.png"
+LAYERS_PNG = "layers.png"
+TOP_LAYERS = 20
+MEASURED_COLOUR, ESTIMATED_COLOUR, BUDGET_COLOUR = "#1f6fb4", "#e07b00", "#c0392b"
+
+
+def write_html(report: dict, run_dir: Path) -> Path:
+    """Write report.html, accuracy_latency.png and layers.png into `run_dir`; return the HTML's path."""
+    run_dir = Path(run_dir)
+    plots = {}
+    for name, draw in ((ACCURACY_LATENCY_PNG, _accuracy_latency_png), (LAYERS_PNG, _layers_png)):
+        png = draw(report)
+        atomic_write_bytes(run_dir / name, png)
+        plots[name] = png
+    path = run_dir / REPORT_HTML
+    atomic_write_text(path, _page(report, plots))
+    return path
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _figure(width: float, height: float):
+    """A figure on the Agg canvas, without pyplot: no global backend switch, nothing left open."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _accuracy_latency_png(report: dict) -> bytes:
+    import math
+
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
+
+    figure = _figure(7.5, 4.6)
+    axes = figure.add_subplot()
+    stages = report["stages"]
+    points = [(s["latency_ms"]["p50"], 100 * s["accuracy"]) for s in stages]
+    limits = report.get("budget", {}).get("latency_ms", {})
+    xs = [x for x, _ in points] + [v for v in limits.values() if v is not None]
+    xs += [s["latency_estimate_ms"]["p50"] for s in stages if s.get("latency_estimate_ms")]
+    xs = [x for x in xs if x > 0]
+    log = bool(xs) and max(xs) / min(xs) > 20
+    if log:  # plain numbers on the ticks: "0.05", not "5 x 10^-2"
+        axes.set_xscale("log")
+        axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axes.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "25" else ""))
+        axes.tick_params(axis="x", which="minor", labelsize=7)
+
+    def position(point):  # roughly where it lands on the canvas, to keep labels apart
+        x, y = point
+        span_x = (math.log10(max(xs)) - math.log10(min(xs))) if log else (max(xs) - min(xs))
+        span_y = max(p[1] for p in points) - min(p[1] for p in points)
+        return ((math.log10(x) if log and x > 0 else x) / (span_x or 1), y / (span_y or 1))
+
+    for index, stage in enumerate(stages):
+        latency, estimate = stage["latency_ms"], stage.get("latency_estimate_ms")
+        x, y = points[index]
+        measured = latency["source"] == "measured"
+        axes.scatter([x], [y], s=60, zorder=3, marker="o" if measured else "D",
+                     color=MEASURED_COLOUR if measured else "white",
+                     edgecolors=MEASURED_COLOUR if measured else ESTIMATED_COLOUR, linewidths=1.8)
+        if measured and estimate is not None:  # the roofline's guess for the same file, joined to it
+            axes.scatter([estimate["p50"]], [y], s=30, marker="D", color="white",
+                         edgecolors=ESTIMATED_COLOUR, linewidths=1.2, zorder=3)
+            axes.plot([x, estimate["p50"]], [y, y], color=ESTIMATED_COLOUR, lw=0.8, ls=":", zorder=2)
+        here = position(points[index])
+        others = [position(p) for i, p in enumerate(points) if i != index]
+        nearest = min(others, key=lambda o: math.dist(o, here), default=None)
+        below = nearest is not None and math.dist(nearest, here) < 0.15 and here[1] < nearest[1]
+        axes.annotate(stage["name"], (x, y), xytext=(7, -13 if below else 5), textcoords="offset points", fontsize=9)
+
+    handles = []
+    if any(s["latency_ms"]["source"] == "measured" for s in stages):
+        handles.append(Line2D([], [], ls="", marker="o", color=MEASURED_COLOUR, label="measured p50"))
+    if any(s["latency_ms"]["source"] != "measured" or s.get("latency_estimate_ms") for s in stages):
+        handles.append(Line2D([], [], ls="", marker="D", markerfacecolor="white", color=ESTIMATED_COLOUR,
+                              label="estimated p50 (roofline)"))
+    for key, style in (("p50", "-"), ("p99", "--")):
+        if limits.get(key) is not None:
+            axes.axvline(limits[key], color=BUDGET_COLOUR, ls=style, lw=1.4)
+            handles.append(Line2D([], [], color=BUDGET_COLOUR, ls=style, label=f"budget {key} {_ms(limits[key])} ms"))
+    axes.legend(handles=handles, fontsize=8, loc="best")
+    axes.set_xlabel(f"p50 latency (ms) on {report['target']['name']}, batch {report['target']['batch']}")
+    axes.set_ylabel("top-1 accuracy (%)")
+    axes.set_title("Accuracy vs latency per stage", fontsize=11)
+    axes.margins(x=0.08, y=0.12)
+    axes.grid(True, alpha=0.3, which="both")
+    return _png(figure)
+
+
+def _layers_title(report: dict) -> str:
+    layers = report.get("layers") or []
+    stage = report.get("student", {}).get("stage", report["stages"][-1]["name"])
+    if layers and all(layer.get("source") == "measured" for layer in layers):
+        how = "measured by ONNX Runtime's profiler on this host"
+    else:
+        how = f"estimated by the roofline for {report['target']['name']}"
+    return f"Per-layer latency of the final student ({stage}): {how}"
+
+
+def _layers_png(report: dict) -> bytes:
+    layers = sorted(report.get("layers") or [], key=lambda layer: layer["ms"], reverse=True)
+    top = layers[:TOP_LAYERS]
+    figure = _figure(9.0, 1.2 + 0.28 * max(len(top), 3))
+    axes = figure.add_subplot()
+    title = _layers_title(report)
+    if not top:
+        axes.text(0.5, 0.5, "no per-layer timings in this report", ha="center", va="center")
+        axes.set_axis_off()
+    else:
+        labels = [f"{_shorten(layer['name'], 48)}  [{layer['op']}" +
+                  (f", {layer['precision']}]" if layer.get("precision") else "]") for layer in top]
+        values = [layer["ms"] for layer in top]
+        colour = MEASURED_COLOUR if top[0].get("source") == "measured" else ESTIMATED_COLOUR
+        positions = range(len(top))[::-1]  # slowest at the top
+        bars = axes.barh(list(positions), values, color=colour)
+        axes.set_yticks(list(positions), labels, fontsize=7.5, family="monospace")
+        axes.bar_label(bars, [f"{v:.4f}" if v < 0.1 else f"{v:.3f}" for v in values], fontsize=7, padding=2)
+        axes.set_xlim(0, max(max(values) * 1.15, 1e-6))
+        axes.set_xlabel("ms per inference")
+        total = sum(layer["ms"] for layer in layers)
+        shown = f"top {len(top)} of {len(layers)} layers" if len(layers) > len(top) else f"all {len(layers)} layers"
+        title += f"\n{shown}, {100 * sum(values) / total:.0f}% of the summed {total:.3f} ms" if total > 0 else ""
+        axes.grid(True, axis="x", alpha=0.3)
+    figure.suptitle(title, fontsize=9.5, x=0.01, ha="left")
+    return _png(figure)
+
+
+# ---------------------------------------------------------------- page
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value))
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "&ndash;"
+    return f"{value:.3f}" if value < 100 else f"{value:.1f}"
+
+
+def _size(size_bytes: int) -> str:
+    return f"{size_bytes / 1024:.0f} KiB" if size_bytes < 1024 * 1024 else f"{size_bytes / 1024 / 1024:.2f} MiB"
+
+
+def _shorten(text: str, width: int) -> str:
+    """Keep the end of a long layer name: the op and its index live there."""
+    return text if len(text) <= width else "\u2026" + text[-(width - 1):]
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d232a;
+       max-width: 1100px; margin: 24px auto; padding: 0 20px; }
+h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 8px; }
+.meta { color: #5a6570; font-size: 13px; }
+.verdict { border-radius: 6px; padding: 14px 18px; margin: 18px 0; border: 2px solid; }
+.verdict.met { background: #e8f6ec; border-color: #2e8b57; } .verdict.missed { background: #fdecea; border-color: #c0392b; }
+.verdict .word { font-size: 24px; font-weight: 700; letter-spacing: 0.5px; }
+.met .word { color: #1e7a45; } .missed .word { color: #b03025; }
+.verdict .line { margin-top: 4px; }
+.tag { display: inline-block; font-size: 11px; font-weight: 600; border-radius: 3px; padding: 0 5px; }
+.tag.measured { background: #dbe9f6; color: #15568d; } .tag.estimated { background: #fcebd6; color: #a85a00; }
+.tag.pass { background: #e8f6ec; color: #1e7a45; } .tag.fail { background: #fdecea; color: #b03025; }
+table { border-collapse: collapse; width: 100%; font-size: 13px; }
+th, td { padding: 5px 8px; border-bottom: 1px solid #e2e6ea; text-align: right; white-space: nowrap; }
+th { background: #f3f5f7; font-weight: 600; } th:first-child, td:first-child { text-align: left; }
+td.left, th.left { text-align: left; } tr.final td { font-weight: 600; }
+.est { color: #a85a00; } .note { color: #5a6570; font-size: 12px; }
+dl { display: grid; grid-template-columns: max-content auto; gap: 3px 16px; margin: 0; }
+dt { color: #5a6570; } dd { margin: 0; }
+img { max-width: 100%; border: 1px solid #e2e6ea; border-radius: 4px; }
+code { font-size: 12px; background: #f3f5f7; padding: 0 3px; border-radius: 3px; }
+"""
+
+
+def _tag(source: str) -> str:
+    kind = "measured" if source == "measured" else "estimated"
+    return f'<span class="tag {kind}">{kind}</span>'
+
+
+def _page(report: dict, plots: dict[str, bytes]) -> str:
+    target = report["target"]
+    dataset = report.get("dataset", {})
+    title = f"edgekd: {report.get('profile', '?')} profile \u2192 {target['name']}"
+    meta = [f"target {target['name']} ({target.get('runtime', '?')}, {target.get('precision', '?')}, "
+            f"batch {target.get('batch', '?')}, {target.get('threads', '?')} threads, {target.get('machine', '?')})"]
+    if dataset:
+        meta.append(f"data {dataset.get('name', '?')} ({dataset.get('train', '?')} train / "
+                    f"{dataset.get('test', '?')} test, input {'x'.join(map(str, dataset.get('input_shape', [])))})")
+    meta.append(f"edgekd {report.get('edgekd_version', '?')}, {report.get('created', '')}, "
+                f"{report.get('seconds', '?')} s")
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        f'<div class="meta">{"<br>".join(_e(m) for m in meta)}</div>',
+        _verdict(report),
+        "<h2>Stages</h2>",
+        _stage_table(report),
+        "<h2>Accuracy and latency</h2>",
+        f'<img src="{_data_uri(plots[ACCURACY_LATENCY_PNG])}" alt="accuracy vs p50 latency per stage">',
+        "<h2>Per-layer latency</h2>",
+        f'<p class="note">{_e(_layers_title(report))}.</p>',
+        f'<img src="{_data_uri(plots[LAYERS_PNG])}" alt="per-layer latency of the final student">',
+        _reference(report),
+        _artifacts(report),
+        "</body></html>",
+    ]
+    return "\n".join(p for p in parts if p) + "\n"
+
+
+def _verdict(report: dict) -> str:
+    budget = report.get("budget")
+    if not budget:
+        return ""
+    met = bool(budget.get("met"))
+    source = budget.get("source", "?")
+    checks = " ".join(f'<span class="tag {"pass" if ok else "fail"}">{_e(name)} {"ok" if ok else "over"}</span>'
+                      for name, ok in (budget.get("checks") or {}).items())
+    caution = ""
+    if source != "measured":
+        caution = ('<div class="line note">This verdict rests on a roofline estimate, not a measurement: '
+                   "run <code>edgekd bench</code> on the device to confirm it.</div>")
+    return (f'<div class="verdict {"met" if met else "missed"}">'
+            f'<span class="word">BUDGET {"MET" if met else "MISSED"}</span> {_tag(source)} {checks}'
+            f'<div class="line">{_e(budget.get("verdict", ""))}</div>{caution}</div>')
+
+
+def _stage_table(report: dict) -> str:
+    stages = report["stages"]
+    # estimate columns only where some stage has both; for an estimated target they would repeat p50
+    both = any(s["latency_ms"]["source"] == "measured" and s.get("latency_estimate_ms") for s in stages)
+    head = ("<tr><th>stage</th><th>top-1</th><th>params</th><th>MACs</th><th>size</th>"
+            "<th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th class=\"left\">latency</th>"
+            + ("<th>estimate p50 ms</th><th>measured / estimate</th>" if both else "") + "<th>time s</th></tr>")
+    rows, notes, runtimes = [], [], []
+    for index, stage in enumerate(stages):
+        lat, est = stage["latency_ms"], stage.get("latency_estimate_ms")
+        measured = lat["source"] == "measured"
+        if measured and est:
+            est_cell, ratio = f'<span class="est">{_ms(est["p50"])}</span>', f"{lat['p50'] / est['p50']:.2f}"
+        else:
+            est_cell, ratio = "&ndash;", "&ndash;"
+        note = stage.get("latency_note") or ""
+        if note and note not in notes:
+            notes.append(note)
+        name = _e(stage["name"]) + (' <span class="note">(resumed)</span>' if stage.get("resumed") else "")
+        how = f"{lat['runs']} runs" if measured and lat.get("runs") else ""
+        if lat.get("runtime") and lat["runtime"] not in runtimes:
+            runtimes.append(lat["runtime"])
+        row_class = ' class="final"' if index == len(stages) - 1 else ""
+        rows.append(
+            f"<tr{row_class}>"
+            f"<td>{name}</td><td>{100 * stage['accuracy']:.2f}%</td><td>{stage['params']:,}</td>"
+            f"<td>{stage['macs'] / 1e6:.2f}M</td><td>{_size(stage['size_bytes'])}</td>"
+            f"<td>{_ms(lat['p50'])}</td><td>{_ms(lat['p90'])}</td><td>{_ms(lat['p99'])}</td>"
+            f'<td class="left">{_tag(lat["source"])} <span class="note">{how}</span></td>'
+            + (f"<td>{est_cell}</td><td>{ratio}</td>" if both else "")
+            + f"<td>{stage.get('seconds', 0):g}</td></tr>"
+        )
+    batch = report["target"].get("batch", stages[-1]["latency_ms"].get("batch", "?"))
+    footer = [f"Latency per call at batch {_e(batch)} ({_e('; '.join(runtimes))}); the last row is the "
+              "student that ships."
+              + (" The estimate is the per-layer roofline for the target, shown beside each measurement." if both else "")]
+    footer += [f"Estimated, not measured: {_e(n)}." for n in notes]
+    return (f"<table>{head}{''.join(rows)}</table>"
+            + "".join(f'<p class="note">{f}</p>' for f in footer))
+
+
+def _reference(report: dict) -> str:
+    ref = report.get("reference")
+    if not ref:
+        return ""
+    items = [("normalised latency", f"<b>{ref['normalised_latency']:.3f}</b> "
+              "(student p50 / reference p50, both timed here in this run; what <code>edgekd check</code> compares)")]
+    for key, label in (("student_ms", "student on this host"), ("reference_ms", "reference on this host")):
+        lat = ref.get(key)
+        if lat:
+            items.append((label, f"p50 {_ms(lat['p50'])} ms, p90 {_ms(lat['p90'])} ms, p99 {_ms(lat['p99'])} ms "
+                                 f'<span class="note">({_e(lat.get("runtime", ""))}, batch {_e(lat.get("batch", "?"))}, '
+                                 f'{_e(lat.get("runs", "?"))} runs)</span>'))
+    items.append(("reference model", _e(ref.get("model", "?"))
+                  + (f' <span class="note">({_e(ref["onnx"])})</span>' if ref.get("onnx") else "")))
+    body = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in items)
+    return f"<h2>Reference (for the regression gate)</h2><dl>{body}</dl>"
+
+
+def _artifacts(report: dict) -> str:
+    files = {key: value for key, value in (report.get("artifacts") or {}).items() if value}
+    for key, value in (("report_html", REPORT_HTML), ("accuracy_latency_png", ACCURACY_LATENCY_PNG),
+                       ("layers_png", LAYERS_PNG)):
+        files.setdefault(key, value)
+    body = "".join(f'<dt>{_e(key)}</dt><dd><a href="{_e(value)}">{_e(value)}</a></dd>' for key, value in files.items())
+    return f'<h2>Artifacts</h2><p class="note">Relative to the run folder.</p><dl>{body}</dl>'

@@ -1,0 +1,54 @@
+"""Shared fixtures: slices of the real Fashion-MNIST data and one real smoke run of the pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import Subset
+
+from edgekd.data import DataBundle, limit, load_fashion_mnist
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def edgekd(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
+    """Run the real `edgekd` command line in a subprocess."""
+    full_env = {**os.environ, "EDGEKD_QUIET": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "edgekd", *args], capture_output=True, text=True,
+                          cwd=cwd or REPO, env=full_env, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def fashion() -> DataBundle:
+    return load_fashion_mnist()
+
+
+@pytest.fixture(scope="session")
+def fashion_slice(fashion) -> DataBundle:
+    return limit(fashion, 2048, 512)
+
+
+@pytest.fixture(scope="session")
+def test_images(fashion) -> torch.Tensor:
+    return torch.stack([fashion.test[i][0] for i in range(256)])
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One teacher cache for the whole session: the smoke teacher trains once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, cache_dir) -> tuple[Path, dict, subprocess.CompletedProcess]:
+    run_dir = tmp_path_factory.mktemp("runs") / "smoke-host"
+    done = edgekd("compress", "--profile", "smoke", "--target", "host-cpu", "--run-dir", str(run_dir),
+                  "--cache-dir", str(cache_dir))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir, json.loads((run_dir / "report.json").read_text()), done

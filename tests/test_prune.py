@@ -1,0 +1,31 @@
+"""Pruning removes real channels: fewer parameters in real tensors, and the model still runs and exports."""
+
+import numpy as np
+import pytest
+import torch
+
+from edgekd.config import PruneConfig
+from edgekd.models import create_model
+from edgekd.onnx_export import check_parity, export_onnx
+from edgekd.stages.prune import count, make_pruner
+
+
+@pytest.mark.parametrize("arch", ["edgekd_cnn", "edgekd_resnet", "resnet18", "mobilenet_v3_small"])
+def test_pruning_makes_the_model_physically_smaller(arch, tmp_path, test_images):
+    torch.manual_seed(0)
+    model = create_model(arch, 10, (1, 28, 28), 0.5 if arch in ("resnet18",) else 1.0).eval()
+    macs_before, params_before = count(model, test_images)
+    pruner = make_pruner(model, test_images, PruneConfig(ratio=0.5), num_classes=10, ratio=0.5, steps=1)
+    pruner.step()
+    macs_after, params_after = count(model, test_images)
+    assert params_after < 0.6 * params_before and macs_after < 0.6 * macs_before
+    assert model(test_images[:4]).shape == (4, 10)
+    path = export_onnx(model, test_images, tmp_path / "pruned.onnx")
+    assert check_parity(model, path, test_images[:32], atol=1e-3).ok
+
+
+def test_classifier_keeps_its_outputs(test_images):
+    model = create_model("edgekd_cnn", 10, (1, 28, 28)).eval()
+    make_pruner(model, test_images, PruneConfig(ratio=0.5), 10, 0.5, 1).step()
+    assert model.classifier.out_features == 10
+    assert model.classifier.in_features == model.features[3][0].out_channels

@@ -1,0 +1,96 @@
+"""The INT8 student is a real INT8 model: quantized kernels in ONNX Runtime, outputs that follow
+the fake-quantized PyTorch model."""
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch.utils.data import Subset
+
+from edgekd.config import ActivationScheme
+from edgekd.fold import fold_batchnorm
+from edgekd.models import create_model
+from edgekd.onnx_export import export_onnx
+from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner, open_session
+from edgekd.stages.quantize import quantize_with_nncf, strip_to_qdq
+from edgekd.losses import CrossEntropyObjective
+from edgekd.train import TrainPlan, fit
+
+INT8_LOGIT_TOLERANCE = 0.25  # fused integer kernels round differently from fake quantization
+
+
+@pytest.fixture(scope="module")
+def trained_student(fashion_slice):
+    torch.manual_seed(0)
+    model = create_model("edgekd_cnn", 10, (1, 28, 28), 0.5)
+    fit(model, CrossEntropyObjective(), fashion_slice.train, TrainPlan(2, 0.2, 5e-4, 64, 0), label="train")
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=[ActivationScheme.SYMMETRIC, ActivationScheme.ASYMMETRIC])
+def int8_student(request, trained_student, fashion_slice, tmp_path_factory, test_images):
+    quantized = quantize_with_nncf(trained_student, fashion_slice.train, 256, request.param)
+    stripped = strip_to_qdq(quantized, test_images)
+    path = export_onnx(stripped, test_images, tmp_path_factory.mktemp("q") / "student.int8.onnx")
+    return stripped, path
+
+
+def test_batchnorm_folding_keeps_outputs(trained_student, test_images):
+    folded, pairs = fold_batchnorm(trained_student)
+    assert pairs == 4
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert torch.allclose(folded(test_images), trained_student(test_images), atol=1e-4)
+
+
+def test_every_convolution_is_quantized(int8_student, tmp_path, request):
+    """CPU scheme: ONNX Runtime's optimised graph runs every convolution as QLinearConv/ConvInteger.
+    TensorRT scheme: every convolution reads dequantized INT8 input and weights (explicit
+    quantization); ONNX Runtime's CPU fusion needs unsigned post-ReLU activations, so it is not
+    the runtime for that graph."""
+    _, path = int8_student
+    graph = onnx.load(str(path)).graph
+    ops = Counter(node.op_type for node in graph.node)
+    assert ops["Conv"] == 4
+    producers = {out: node.op_type for node in graph.node for out in node.output}
+    for conv in (n for n in graph.node if n.op_type == "Conv"):
+        assert producers[conv.input[0]] == "DequantizeLinear" and producers[conv.input[1]] == "DequantizeLinear"
+    if request.node.callspec.params["int8_student"] is ActivationScheme.ASYMMETRIC:
+        optimized = tmp_path / "optimized.onnx"
+        open_session(path, threads=1, optimized_path=optimized)
+        optimized_ops = Counter(node.op_type for node in onnx.load(str(optimized)).graph.node)
+        assert optimized_ops["QLinearConv"] + optimized_ops["ConvInteger"] == ops["Conv"]
+        assert optimized_ops["Conv"] + optimized_ops["FusedConv"] == 0
+
+
+def test_onnx_runtime_int8_follows_the_fake_quantized_model(int8_student, test_images, fashion_slice):
+    stripped, path = int8_student
+    expected = stripped(test_images).detach().numpy()
+    actual = OnnxRuntimeRunner(path).run(test_images.numpy())
+    assert np.abs(actual - expected).max() < INT8_LOGIT_TOLERANCE
+    assert (actual.argmax(1) == expected.argmax(1)).mean() >= 0.98
+
+
+def _zero_points(path):
+    model = onnx.load(str(path))
+    tensors = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+
+    def constant(name):  # the exporter shares constants through Identity nodes
+        while name not in tensors and producers[name].op_type == "Identity":
+            name = producers[name].input[0]
+        return tensors[name]
+
+    return [constant(n.input[2]) for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+
+
+def test_scheme_sets_the_zero_points(int8_student, request):
+    _, path = int8_student
+    zero_points = _zero_points(path)
+    assert zero_points
+    scheme = request.node.callspec.params["int8_student"]
+    if scheme is ActivationScheme.SYMMETRIC:  # what TensorRT needs: signed INT8, zero point 0
+        assert all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    else:  # a CPU may use asymmetric activations: some non-zero or unsigned zero points
+        assert any(z.dtype == np.uint8 or z.any() for z in zero_points)
