@@ -208,30 +208,29 @@ def _terminate(signum, _frame):
     raise KeyboardInterrupt
 
 
-def main() -> None:
+def run(argv: list[str] | None = None) -> int:
+    """The whole command line as a function: an exit code, and one line on stderr for any error."""
     from edgekd.quiet import quiet_libraries
 
     quiet_libraries()
-    signal.signal(signal.SIGTERM, _terminate)
     err = Console(stderr=True)
     try:
-        code = app(standalone_mode=False)
+        return int(app(args=argv, standalone_mode=False) or 0)
     except EdgekdError as error:
-        err.print(f"[red]edgekd: error:[/red] {error}", highlight=False, soft_wrap=True)
-        sys.exit(int(error.exit_code))
-    except KeyboardInterrupt:
+        err.print(f"edgekd: error: {error}", highlight=False, soft_wrap=True, markup=False)
+        return int(error.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
         err.print("edgekd: interrupted; completed stages and the last epoch checkpoint are kept. "
                   "Resume with: edgekd compress --resume RUN_DIR", highlight=False, soft_wrap=True)
-        sys.exit(int(ExitCode.INTERRUPTED))
+        return int(ExitCode.INTERRUPTED)
     except typer.Exit as done:
-        sys.exit(done.exit_code)
-    except (typer.Abort,):
-        sys.exit(int(ExitCode.INTERRUPTED))
-    except Exception as error:  # click usage errors
-        import click
+        return done.exit_code
+    except typer.TyperException as error:  # usage errors: unknown option, bad value
+        message = error.format_message() if hasattr(error, "format_message") else str(error)
+        err.print(f"edgekd: error: {message}", highlight=False, soft_wrap=True, markup=False)
+        return int(ExitCode.BAD_INPUT)
 
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(int(ExitCode.BAD_INPUT))
-        raise
-    sys.exit(code or 0)
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
+    sys.exit(run())

@@ -177,8 +177,9 @@ def prepare_engine(run_dir: Path, target: Target, int8_onnx: Path, check_images:
     result["engine_latency_ms"] = runner.measure(target.input.batch, label="engine latency").as_dict()
     checked = "not compared with ONNX Runtime (no images)" if parity is None else (
         f"top-1 agreement with ONNX Runtime {parity['top1_agreement']:.3f} on {parity['samples']} images")
-    result["engine_note"] = (f"built with TensorRT {info.tensorrt_version} on {info.gpu} (sm {info.compute_capability}), "
-                             f"{'+'.join(info.precision)}, batch {info.min_batch}..{info.max_batch}; {checked}")
+    result["engine_note"] = (f"built with TensorRT {info.tensorrt_version} on {info.gpu} "
+                             f"(sm {info.compute_capability}), {'+'.join(info.precision)}, "
+                             f"batch {info.min_batch}..{info.max_batch}; {checked}")
     return result
 
 

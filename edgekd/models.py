@@ -35,9 +35,13 @@ def known_architectures() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_model(arch: str, num_classes: int, input_shape: tuple[int, int, int], width: float = 1.0) -> nn.Module:
+def require_architecture(arch: str) -> None:
     if arch not in _REGISTRY:
         raise BadInputError(f"unknown architecture '{arch}'; known: {', '.join(known_architectures())}")
+
+
+def create_model(arch: str, num_classes: int, input_shape: tuple[int, int, int], width: float = 1.0) -> nn.Module:
+    require_architecture(arch)
     return _REGISTRY[arch](num_classes, tuple(input_shape), width)
 
 

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from edgekd import __version__, distributed
-from edgekd.config import Profile, Target, fingerprint, load_profile, load_target
+from edgekd.config import Profile, Runtime, Target, fingerprint, load_profile, load_target
 from edgekd.data import DataBundle, load_data
 from edgekd.errors import EdgekdError, ExitCode, Interrupted
-from edgekd.models import create_model
+from edgekd.models import create_model, require_architecture
 from edgekd.onnx_export import check_parity, export_onnx
 from edgekd.progress import info
 from edgekd.runfolder import RunFolder, atomic_torch_save, atomic_write_json
@@ -236,6 +236,7 @@ def _compress(options: CompressOptions) -> CompressResult:
     distributed.init_from_env()
     target = load_target(options.target)
     profile = options.resolved_profile()
+    require_architecture(profile.student.arch)  # a typo fails now, not after the teacher trains
     data = load_data(options.data, profile.data, options.image_size, profile.seed)
     run_dir = Path(options.run_dir)
     run = RunFolder(run_dir)
@@ -275,6 +276,15 @@ def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, da
     final_onnx = run.root / final["onnx"]
     artifacts.update({f"checkpoint_{r['name']}": f"checkpoints/{r['name']}.pt" for r in records
                       if (run.root / f"checkpoints/{r['name']}.pt").is_file()})
+    budget_record, tensorrt = final, None
+    if target.runtime is Runtime.TENSORRT and artifacts["student_int8_onnx"]:
+        from edgekd.deploy import CHECK_IMAGES, prepare_engine
+
+        tensorrt = prepare_engine(run.root, target, final_onnx, ctx.example.numpy())
+        artifacts.update({"engine": tensorrt["engine"], "build_script": tensorrt["build_script"],
+                          "engine_check_images": CHECK_IMAGES})
+        if tensorrt["engine_latency_ms"] is not None:  # a measured, parity-checked engine: the budget uses it
+            budget_record = {**final, "latency_ms": tensorrt["engine_latency_ms"]}
     report = {
         "edgekd_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -286,7 +296,8 @@ def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, da
                     "classes": data.classes, "input_shape": list(data.input_shape)},
         "stages": records,
         "student": {"stage": final["name"], "onnx": final["onnx"]},
-        "budget": _budget(target, final),
+        "budget": _budget(target, budget_record),
+        "tensorrt": tensorrt,
         "reference": _reference(ctx, final_onnx),
         "layers": _layers(ctx, final, final_onnx),
         "artifacts": artifacts,

@@ -86,7 +86,8 @@ def check_tensorrt_qdq(onnx_path: Path, tensorrt_version: str = "10") -> QdqRepo
     for node in graph.node:
         label = labels[id(node)]
         if node.domain not in DEFAULT_DOMAINS:
-            problems.append(f"node {label}: custom op {node.domain}::{node.op_type}; TensorRT would need a plugin for it")
+            problems.append(f"node {label}: custom op {node.domain}::{node.op_type}; "
+                            "TensorRT would need a plugin for it")
         elif node.op_type not in ops:
             problems.append(f"node {label}: op {node.op_type} is not among TensorRT {tensorrt_version}'s "
                             "supported ONNX operators")

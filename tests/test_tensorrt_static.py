@@ -112,7 +112,8 @@ def test_unsupported_and_custom_ops_are_named(tmp_path):
     ]
     graph = helper.make_graph(nodes, "ops", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 3, 3])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
     onnx.save(model, str(tmp_path / "ops.onnx"))
     report = check_tensorrt_qdq(tmp_path / "ops.onnx")
     assert not report.ok

@@ -159,7 +159,7 @@ def build_engine(onnx_path: Path, engine_path: Path, target: Target, workspace_m
     config = builder.create_builder_config()
     precision = []
     for name in ("INT8", "FP16"):
-        if hasattr(trt.BuilderFlag, name):  # gone in TensorRT 11, where every network is strongly typed
+        if hasattr(trt.BuilderFlag, name):  # optional: TensorRT 11 networks are all strongly typed
             config.set_flag(getattr(trt.BuilderFlag, name))
             precision.append(name.lower())
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)

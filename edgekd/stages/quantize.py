@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from edgekd import distributed
 from edgekd.config import ActivationScheme, Profile, Target
 from edgekd.fold import fold_batchnorm
 from edgekd.losses import DistillationObjective
@@ -114,6 +115,8 @@ class QuantizeStage:
                       checkpoint=ctx.progress(self.name), fingerprint=ctx.fingerprint)
             log_losses = log.epoch_losses
         stripped = strip_to_qdq(quantized, ctx.example)
+        if not distributed.is_main():  # rank 0 alone exports and measures
+            return StageOutput(stripped, {"method": cfg.method, "scheme": scheme.value})
         path = export_onnx(stripped, ctx.example, ctx.run.path(INT8_ONNX), ctx.profile.export.opset)
         parity = check_parity(stripped, path, ctx.example, ctx.profile.export.int8_atol)
         accuracy = predict_onnx(OnnxRuntimeRunner(path, threads=ctx.target.threads), ctx.data.test)
