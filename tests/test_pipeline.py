@@ -1,0 +1,99 @@
+"""`edgekd compress` end to end on slices of the real data, as the README runs it."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from tests.conftest import REPO, edgekd
+
+REPORT_STAGE_KEYS = {"name", "accuracy", "params", "macs", "latency_ms"}
+LATENCY_KEYS = {"p50", "p90", "p99", "source", "runtime"}
+
+
+def test_report_is_the_documented_contract(smoke_run):
+    run_dir, report, done = smoke_run
+    assert report["target"]["name"] == "host-cpu" and report["profile"] == "smoke"
+    assert report["dataset"]["name"] == "fashion-mnist" and report["dataset"]["test"] == 1024
+    assert [s["name"] for s in report["stages"]] == ["teacher", "distill", "prune", "quantize"]
+    for stage in report["stages"]:
+        assert REPORT_STAGE_KEYS <= set(stage)
+        assert 0.1 < stage["accuracy"] <= 1.0  # above chance on ten classes
+        assert LATENCY_KEYS <= set(stage["latency_ms"]) and stage["latency_ms"]["source"] == "measured"
+        assert stage["latency_ms"]["p50"] <= stage["latency_ms"]["p90"] <= stage["latency_ms"]["p99"]
+        assert stage["latency_ms"]["runs"] >= 50
+    assert set(report["budget"]) >= {"latency_ms", "met", "source", "verdict"}
+    for name in ("student_fp32_onnx", "student_int8_onnx", "report_json", "report_html"):
+        assert (run_dir / report["artifacts"][name]).is_file()
+    assert "edgekd: smoke profile -> host-cpu" in done.stdout and "quantize" in done.stdout
+
+
+def test_exported_students_have_a_dynamic_batch_and_checked_parity(smoke_run, test_images):
+    run_dir, report, _ = smoke_run
+    for name in ("student.fp32.onnx", "student.int8.onnx"):
+        session = ort.InferenceSession(str(run_dir / name), providers=["CPUExecutionProvider"])
+        for batch in (1, 7):
+            assert session.run(None, {"input": test_images[:batch].numpy()})[0].shape == (batch, 10)
+    stages = {s["name"]: s for s in report["stages"]}
+    for name in ("distill", "prune"):
+        parity = stages[name]["details"]["parity"]
+        assert parity["max_abs_diff"] <= parity["atol"] == 1e-3
+    int8 = stages["quantize"]["details"]["parity"]
+    assert int8["max_abs_diff"] <= int8["atol"] and int8["top1_agreement"] >= 0.98
+
+
+def test_pruning_made_the_student_smaller(smoke_run):
+    stages = {s["name"]: s for s in smoke_run[1]["stages"]}
+    details = stages["prune"]["details"]
+    assert details["params_after"] < 0.6 * details["params_before"]
+    assert stages["prune"]["macs"] < stages["distill"]["macs"]
+    assert stages["quantize"]["size_bytes"] < 4 * stages["prune"]["size_bytes"]
+
+
+def test_second_run_uses_the_cached_teacher_and_is_reproducible(smoke_run, tmp_path, cache_dir):
+    _, first, _ = smoke_run
+    done = edgekd("compress", "--profile", "smoke", "--target", "host-cpu", "--run-dir", str(tmp_path / "again"),
+                  "--cache-dir", str(cache_dir))
+    assert done.returncode in (0, 3), done.stderr[-2000:]
+    again = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert again["stages"][0]["details"]["origin"].startswith("cache:")
+    for a, b in zip(first["stages"], again["stages"]):
+        assert a["accuracy"] == b["accuracy"], a["name"]
+
+
+def test_tensorrt_target_here_gets_the_onnx_student_and_a_build_script(tmp_path, cache_dir, smoke_run):
+    run_dir = tmp_path / "gpu"
+    done = edgekd("compress", "--profile", "smoke", "--target", "server-gpu", "--run-dir", str(run_dir),
+                  "--cache-dir", str(cache_dir))
+    assert done.returncode in (0, 3), done.stderr[-2000:]
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["budget"]["source"] == "estimated" and "estimated" in report["budget"]["verdict"]
+    assert report["artifacts"]["engine"] is None and "tensorrt" in report["tensorrt"]["engine_note"]
+    assert report["tensorrt"]["qdq_check"]["ok"], report["tensorrt"]["qdq_check"]["problems"]
+    script = run_dir / report["artifacts"]["build_script"]
+    assert script.stat().st_mode & stat.S_IXUSR and "trtexec" in script.read_text()
+    assert "--int8" in script.read_text() and "--saveEngine=student.engine" in script.read_text()
+
+
+def test_bench_estimates_where_the_target_is_not_here(smoke_run):
+    run_dir, _, _ = smoke_run
+    done = edgekd("bench", str(run_dir / "student.int8.onnx"), "--target", "mobile-cpu")
+    assert done.returncode == 0, done.stderr
+    assert "estimated" in done.stdout and "mobile-cpu" in done.stdout
+    done = edgekd("bench", str(run_dir / "student.int8.onnx"), "--target", "host-cpu")
+    assert done.returncode in (0, 3) and "measured" in done.stdout
+
+
+def test_project_ci_latency_gate_against_the_committed_baseline(smoke_run):
+    """The project's own regression gate: the smoke student against tests/baselines/smoke-host-cpu.json.
+    Tolerances are wide because CI machines are noisy at these sub-millisecond latencies; the
+    gate's own tests show it catches a planted slow-down."""
+    run_dir, _, _ = smoke_run
+    done = edgekd("check", str(run_dir / "report.json"), "--baseline", str(REPO / "tests/baselines/smoke-host-cpu.json"),
+                  "--tolerance", "0.5", "--accuracy-tolerance", "0.05")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "PASS" in done.stdout
