@@ -8,8 +8,8 @@ on the exported ONNX files in ONNX Runtime over the profile's test split (the wh
 test set for the default profile); latency is ONNX Runtime's p50 at batch 1 and 64, the three
 models timed side by side in rounds, in the same process.
 
-    python benchmarks/distill_vs_labels.py                  # default profile, seeds 0,1,2; trains the teacher if not cached
-    python benchmarks/distill_vs_labels.py --quick          # smoke profile (data slices), fast timing (or EDGEKD_BENCH_QUICK=1)
+    python benchmarks/distill_vs_labels.py                 # default profile, seeds 0,1,2 (trains the teacher if uncached)
+    python benchmarks/distill_vs_labels.py --quick         # smoke profile, short timing (or EDGEKD_BENCH_QUICK=1)
     python benchmarks/distill_vs_labels.py --seeds 0,1,2,3,4 --out /tmp/dvl.json
 
 The teacher comes from edgekd's cache (EDGEKD_CACHE_DIR, or --cache-dir), exactly as

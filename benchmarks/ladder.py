@@ -105,7 +105,8 @@ def conv_ops(path: Path, threads: int) -> dict[str, int]:
 
 def ort_ptq(source: Path, path: Path, images: np.ndarray, batch: int = 64) -> Path:
     """ONNX Runtime's static QDQ quantization, as its documentation has a user do it."""
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class TrainingImages(CalibrationDataReader):
@@ -329,9 +330,10 @@ def print_report(payload: dict) -> None:
         ops = standard["models"]["mobilenet_v3_large"]["int8_conv_ops"]
         total = ops["QLinearConv"] + ops["Conv"]
         print(f"below {STANDARD_MIN_SPEEDUP}x: {MOBILENET_REASON}. Measured here as well: {ops['Conv']} of its "
-              f"{total} convolutions stayed float in ONNX Runtime's optimised INT8 graph ({ops['Conv_into_hardswish']} "
-              f"of them feed a hardswish or hard-sigmoid, so no QuantizeLinear follows the Conv for ORT to fuse into QLinearConv), "
-              f"and those pay for the QuantizeLinear/DequantizeLinear around them on top of FP32 arithmetic")
+              f"{total} convolutions stayed float in ONNX Runtime's optimised INT8 graph "
+              f"({ops['Conv_into_hardswish']} of them feed a hardswish or hard-sigmoid, so no QuantizeLinear follows "
+              f"the Conv for ORT to fuse into QLinearConv), and those pay for the QuantizeLinear/DequantizeLinear "
+              f"around them on top of FP32 arithmetic")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from edgekd.config import ActivationScheme
 from edgekd.fold import fold_batchnorm
 from edgekd.models import create_model
 from edgekd.onnx_export import export_onnx
-from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner, open_session
+from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner, open_session, store_int8_weights
 from edgekd.stages.quantize import quantize_with_nncf, strip_to_qdq
 from edgekd.losses import CrossEntropyObjective
 from edgekd.train import TrainPlan, fit
@@ -32,9 +32,18 @@ def trained_student(fashion_slice):
 @pytest.fixture(scope="module", params=[ActivationScheme.SYMMETRIC, ActivationScheme.ASYMMETRIC])
 def int8_student(request, trained_student, fashion_slice, tmp_path_factory, test_images):
     quantized = quantize_with_nncf(trained_student, fashion_slice.train, 256, request.param)
+    fit(quantized, CrossEntropyObjective(), fashion_slice.train, TrainPlan(1, 0.01, 0, 64, 0), label="QAT")
     stripped = strip_to_qdq(quantized, test_images)
-    path = export_onnx(stripped, test_images, tmp_path_factory.mktemp("q") / "student.int8.onnx")
+    path = store_int8_weights(export_onnx(stripped, test_images, tmp_path_factory.mktemp("q") / "student.int8.onnx"))
     return stripped, path
+
+
+def test_int8_file_stores_int8_weights(int8_student, trained_student, test_images, tmp_path):
+    _, path = int8_student
+    fp32 = export_onnx(trained_student, test_images, tmp_path / "fp32.onnx")
+    assert path.stat().st_size < 0.5 * fp32.stat().st_size
+    weights = [i for i in onnx.load(str(path)).graph.initializer if len(i.dims) == 4]
+    assert weights and all(w.data_type == onnx.TensorProto.INT8 for w in weights)
 
 
 def test_batchnorm_folding_keeps_outputs(trained_student, test_images):

@@ -40,6 +40,24 @@ def open_session(path: Path, threads: int, **kwargs):
         raise BadInputError(f"{path}: ONNX Runtime cannot load it ({first})") from None
 
 
+def store_int8_weights(path: Path) -> Path:
+    """Rewrite a QDQ graph in place so each weight is stored as INT8, not as FP32 + QuantizeLinear.
+
+    NNCF's native strip exports FP32 weights followed by QuantizeLinear/DequantizeLinear, which
+    makes the "INT8" file larger than the FP32 one. ONNX Runtime's basic-level offline optimisation
+    (constant folding, standard ONNX ops only) folds each weight's QuantizeLinear into an INT8
+    initializer, which is the form TensorRT's explicit quantization reads too."""
+    from edgekd.runfolder import atomic_output
+
+    with atomic_output(path) as tmp:
+        import onnxruntime as ort
+
+        options = session_options(1, optimized_path=tmp)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return path
+
+
 class OnnxRuntimeRunner:
     """One ONNX Runtime CPU session with the target's thread count."""
 

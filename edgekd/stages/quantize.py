@@ -59,7 +59,26 @@ def quantize_with_nncf(model: nn.Module, calibration: torch.utils.data.Dataset, 
                                   subset_size=len(loader))  # NNCF counts dataset items: batches here
     if scheme is ActivationScheme.SYMMETRIC:
         force_signed_activations(quantized)
+    else:
+        pin_zero_points(quantized)
     return quantized
+
+
+def pin_zero_points(quantized: nn.Module) -> int:
+    """Keep zero point 0 on asymmetric quantizers calibrated at input_low = 0 (post-ReLU tensors).
+
+    Left trainable, QAT nudges input_low below 0, the zero point becomes 1, and ONNX Runtime can
+    no longer drop the ReLU and fuse Conv+ReLU+Q into QLinearConv: that convolution then runs in
+    float. Freezing input_low there keeps the graph fully INT8; the range still trains."""
+    from nncf.torch.quantization.layers import AsymmetricQuantizer
+
+    pinned = 0
+    for module in quantized.modules():
+        if isinstance(module, AsymmetricQuantizer) and float(module.input_low.detach().min()) == 0.0 \
+                and float(module.input_low.detach().max()) == 0.0:
+            module.input_low.requires_grad_(False)
+            pinned += 1
+    return pinned
 
 
 def force_signed_activations(quantized: nn.Module) -> int:
@@ -98,7 +117,7 @@ class QuantizeStage:
                 "export": profile.export.model_dump(), "distill": profile.distill.model_dump(), "seed": profile.seed}
 
     def run(self, model: nn.Module, ctx: StageContext) -> StageOutput:
-        from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner
+        from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner, store_int8_weights
         from edgekd.train import predict_onnx
 
         cfg = ctx.profile.quantize
@@ -117,7 +136,7 @@ class QuantizeStage:
         stripped = strip_to_qdq(quantized, ctx.example)
         if not distributed.is_main():  # rank 0 alone exports and measures
             return StageOutput(stripped, {"method": cfg.method, "scheme": scheme.value})
-        path = export_onnx(stripped, ctx.example, ctx.run.path(INT8_ONNX), ctx.profile.export.opset)
+        path = store_int8_weights(export_onnx(stripped, ctx.example, ctx.run.path(INT8_ONNX), ctx.profile.export.opset))
         parity = check_parity(stripped, path, ctx.example, ctx.profile.export.int8_atol)
         accuracy = predict_onnx(OnnxRuntimeRunner(path, threads=ctx.target.threads), ctx.data.test)
         return StageOutput(
