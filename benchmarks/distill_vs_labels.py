@@ -31,11 +31,10 @@ import torch
 
 from edgekd.config import load_profile
 from edgekd.data import load_data
-from edgekd.latency import Latency, percentiles, time_calls
 from edgekd.losses import CrossEntropyObjective, DistillationObjective
 from edgekd.models import create_model
 from edgekd.onnx_export import export_onnx
-from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner
+from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner, measure_side_by_side
 from edgekd.stages.prune import count
 from edgekd.stages.teacher import TeacherSource, default_cache_dir, obtain_teacher
 from edgekd.train import TrainPlan, fit, predict_onnx, seed_everything
@@ -45,26 +44,6 @@ BATCHES = (1, 64)
 # time_calls settings per round, and rounds: the full run pools 5 rotated rounds per model and batch
 TIMING = {"full": ({"warmup": 10, "min_runs": 50, "max_runs": 200, "max_seconds": 3.0}, 5),
           "quick": ({"warmup": 3, "min_runs": 20, "max_runs": 20, "max_seconds": 1.0}, 1)}
-
-
-def measure_side_by_side(paths: dict[str, Path], threads: int, batches: tuple[int, ...], timing: dict,
-                         rounds: int) -> dict[str, dict[int, Latency]]:
-    """OnnxRuntimeRunner.measure's loop (example_input, run, time_calls, percentiles), interleaved:
-    every round times each model in turn, starting one model later each round, and the samples of
-    all rounds are pooled, so a noisy spell on the host lands on all models rather than one."""
-    runners = {name: OnnxRuntimeRunner(path, threads) for name, path in paths.items()}
-    names = list(runners)
-    samples: dict[tuple[str, int], list[float]] = {(n, b): [] for n in names for b in batches}
-    for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for batch in batches:
-            for name in order:
-                runner = runners[name]
-                images = runner.example_input(batch)
-                samples[name, batch] += time_calls(lambda: runner.run(images),
-                                                   label=f"{name} (batch {batch}, round {r + 1}/{rounds})", **timing)
-    return {n: {b: Latency(*percentiles(samples[n, b]), "measured", runners[n].description, b, len(samples[n, b]))
-                for b in batches} for n in names}
 
 
 def train_student(profile, data, teacher, seed: int, distilled: bool):

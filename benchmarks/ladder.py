@@ -8,7 +8,7 @@ From one finished run folder (the default profile's, for the real numbers), all 
      direct parent, and the distilled student): ONNX Runtime's quantize_static (QDQ, per-channel
      INT8 weights, UINT8 activations, MinMax calibration on the first 1024 training images, after
      quant_pre_process) and NNCF post-training quantization without fine-tuning (edgekd's own
-     quantize_with_nncf on the run's checkpoint, asymmetric activations, same 1024 images);
+     quantize_with_nncf on the run's checkpoint, the CPU scheme: zero point 0, unsigned post-ReLU tensors, same 1024 images);
   c) PASS/FAIL verdicts with their numbers, and the share of channels pruned;
   d) --standard: torchvision resnet18 and mobilenet_v3_large (random weights) at 1x3x224x224,
      FP32 ONNX vs INT8 QDQ made by edgekd's quantization path, ONNX Runtime batch 1.
@@ -38,9 +38,8 @@ import torch
 
 from edgekd.config import ActivationScheme
 from edgekd.data import load_fashion_mnist
-from edgekd.latency import Latency, percentiles, time_calls
 from edgekd.onnx_export import INPUT_NAME, export_onnx
-from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner, open_session
+from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner, measure_side_by_side, open_session
 from edgekd.stages.quantize import quantize_with_nncf, strip_to_qdq
 from edgekd.train import predict_onnx
 
@@ -59,26 +58,6 @@ PRUNE_MIN_SPEEDUP = 1.6  # batch 64, distill.onnx p50 / prune.onnx p50
 STANDARD_MIN_SPEEDUP = 2.5  # resnet18, FP32 p50 / INT8 p50 at batch 1
 MOBILENET_REASON = ("its depthwise convolutions and hardswish/squeeze-excite blocks have little arithmetic for "
                     "INT8 to speed up; its time is memory-bound")
-
-
-def measure_side_by_side(paths: dict[str, Path], threads: int, batches: tuple[int, ...], timing: dict,
-                         rounds: int) -> dict[str, dict[int, Latency]]:
-    """OnnxRuntimeRunner.measure's loop (example_input, run, time_calls, percentiles), interleaved:
-    every round times each model in turn, starting one model later each round, and the samples of
-    all rounds are pooled, so a noisy spell on the host lands on all models rather than one."""
-    runners = {name: OnnxRuntimeRunner(path, threads) for name, path in paths.items()}
-    names = list(runners)
-    samples: dict[tuple[str, int], list[float]] = {(n, b): [] for n in names for b in batches}
-    for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for batch in batches:
-            for name in order:
-                runner = runners[name]
-                images = runner.example_input(batch)
-                samples[name, batch] += time_calls(lambda: runner.run(images),
-                                                   label=f"{name} (batch {batch}, round {r + 1}/{rounds})", **timing)
-    return {n: {b: Latency(*percentiles(samples[n, b]), "measured", runners[n].description, b, len(samples[n, b]))
-                for b in batches} for n in names}
 
 
 def conv_ops(path: Path, threads: int) -> dict[str, int]:
@@ -127,7 +106,7 @@ def ort_ptq(source: Path, path: Path, images: np.ndarray, batch: int = 64) -> Pa
 def nncf_ptq(checkpoint: Path, path: Path, calibration, samples: int, example: torch.Tensor, opset: int) -> Path:
     """edgekd's own quantizer without QAT: fold BatchNorm, NNCF calibration, strip to QDQ, export."""
     model = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    quantized = quantize_with_nncf(model, calibration, samples, ActivationScheme.ASYMMETRIC)
+    quantized = quantize_with_nncf(model, calibration, samples, ActivationScheme.SYMMETRIC)
     return export_onnx(strip_to_qdq(quantized, example), example, path, opset)
 
 
@@ -255,7 +234,7 @@ def run_standard(threads: int, calibration_samples: int, mode: str, folder: Path
         torch.manual_seed(0)
         model = torchvision.models.get_model(name, weights=None).eval()
         paths[f"{name}_fp32"] = export_onnx(model, example, folder / f"{name}.fp32.onnx", opset)
-        quantized = quantize_with_nncf(model, calibration, calibration_samples, ActivationScheme.ASYMMETRIC,
+        quantized = quantize_with_nncf(model, calibration, calibration_samples, ActivationScheme.SYMMETRIC,
                                        batch_size=16)
         paths[f"{name}_int8"] = export_onnx(strip_to_qdq(quantized, example), example,
                                             folder / f"{name}.int8.onnx", opset)

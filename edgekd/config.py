@@ -48,8 +48,9 @@ class Precision(str, enum.Enum):
 
 
 class ActivationScheme(str, enum.Enum):
-    SYMMETRIC = "symmetric"  # zero point 0: what TensorRT's explicit quantization needs
-    ASYMMETRIC = "asymmetric"  # a zero point per tensor: a little more accurate on CPUs
+    SYMMETRIC_SIGNED = "symmetric-signed"  # signed INT8, zero point 0 everywhere: TensorRT's explicit quantization
+    SYMMETRIC = "symmetric"  # zero point 0; non-negative (post-ReLU) tensors unsigned 0..255: ONNX Runtime CPU
+    ASYMMETRIC = "asymmetric"  # a zero point per tensor (NNCF's mixed preset)
 
 
 class TargetInput(Strict):
@@ -92,7 +93,7 @@ class Target(Strict):
     aliases: list[str] = []
     runtime: Runtime
     precision: Precision = Precision.INT8
-    activations: ActivationScheme | None = None  # default: symmetric for TensorRT, asymmetric on CPUs
+    activations: ActivationScheme | None = None  # default: symmetric-signed for TensorRT, symmetric on CPUs
     machine: Literal["any", "x86_64", "aarch64"]  # CPU architecture of the device; "any" = this host
     threads: PositiveInt = 1  # intra-op threads for ONNX Runtime
     tensorrt_dla: bool = False  # Jetson: the build script offers --useDLACore
@@ -104,7 +105,7 @@ class Target(Strict):
     def activation_scheme(self) -> ActivationScheme:
         if self.activations is not None:
             return self.activations
-        return ActivationScheme.SYMMETRIC if self.runtime is Runtime.TENSORRT else ActivationScheme.ASYMMETRIC
+        return ActivationScheme.SYMMETRIC_SIGNED if self.runtime is Runtime.TENSORRT else ActivationScheme.SYMMETRIC
 
     @property
     def is_this_host_architecture(self) -> bool:
@@ -120,8 +121,8 @@ class Target(Strict):
 
     @model_validator(mode="after")
     def _scheme_fits_runtime(self):
-        if self.runtime is Runtime.TENSORRT and self.activations is ActivationScheme.ASYMMETRIC:
-            raise ValueError("activations: TensorRT supports symmetric INT8 only")
+        if self.runtime is Runtime.TENSORRT and self.activations not in (None, ActivationScheme.SYMMETRIC_SIGNED):
+            raise ValueError("activations: TensorRT supports symmetric signed INT8 only ('symmetric-signed')")
         return self
 
 
@@ -182,7 +183,7 @@ class QuantizeConfig(Strict):
     enabled: bool = True
     method: Literal["qat", "ptq"] = "qat"
     calibration_samples: PositiveInt = 1024
-    epochs: Annotated[int, Field(ge=0)] = 1
+    epochs: Annotated[int, Field(ge=0)] = 2  # QAT epochs; 0 (or method = "ptq") is post-training only
     lr: Positive = 0.005
 
 
@@ -238,23 +239,23 @@ def _known(directory: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(directory.glob("*.toml"))}
 
 
-def load_target(name_or_path: str) -> Target:
-    """A target by name (targets/NAME.toml or an alias) or by path to a TOML file."""
-    path = _resolve(name_or_path, TARGETS_DIR, "target")
-    raw = _read_toml(path, "target")
+def _load(model, name_or_path: str, directory: Path, kind: str):
+    path = _resolve(name_or_path, directory, kind)
+    raw = _read_toml(path, kind)
     try:
-        return Target.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as err:
         raise BadInputError(_validation_message(path, err)) from None
+
+
+def load_target(name_or_path: str) -> Target:
+    """A target by name (targets/NAME.toml or an alias) or by path to a TOML file."""
+    return _load(Target, name_or_path, TARGETS_DIR, "target")
 
 
 def load_profile(name_or_path: str) -> Profile:
-    path = _resolve(name_or_path, PROFILES_DIR, "profile")
-    raw = _read_toml(path, "profile")
-    try:
-        return Profile.model_validate(raw)
-    except ValidationError as err:
-        raise BadInputError(_validation_message(path, err)) from None
+    """A profile by name (profiles/NAME.toml) or by path to a TOML file."""
+    return _load(Profile, name_or_path, PROFILES_DIR, "profile")
 
 
 def _resolve(name_or_path: str, directory: Path, kind: str) -> Path:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import Subset
 
 from edgekd.data import DataBundle, limit, load_fashion_mnist
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import stat
 
-import numpy as np
 import onnxruntime as ort
-import pytest
 
 from tests.conftest import REPO, edgekd
 

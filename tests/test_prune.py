@@ -1,6 +1,5 @@
 """Pruning removes real channels: fewer parameters in real tensors, and the model still runs and exports."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -7,7 +7,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from torch.utils.data import Subset
 
 from edgekd.config import ActivationScheme
 from edgekd.fold import fold_batchnorm
@@ -29,7 +28,7 @@ def trained_student(fashion_slice):
     return model.eval()
 
 
-@pytest.fixture(scope="module", params=[ActivationScheme.SYMMETRIC, ActivationScheme.ASYMMETRIC])
+@pytest.fixture(scope="module", params=list(ActivationScheme))
 def int8_student(request, trained_student, fashion_slice, tmp_path_factory, test_images):
     quantized = quantize_with_nncf(trained_student, fashion_slice.train, 256, request.param)
     fit(quantized, CrossEntropyObjective(), fashion_slice.train, TrainPlan(1, 0.01, 0, 64, 0), label="QAT")
@@ -65,7 +64,7 @@ def test_every_convolution_is_quantized(int8_student, tmp_path, request):
     producers = {out: node.op_type for node in graph.node for out in node.output}
     for conv in (n for n in graph.node if n.op_type == "Conv"):
         assert producers[conv.input[0]] == "DequantizeLinear" and producers[conv.input[1]] == "DequantizeLinear"
-    if request.node.callspec.params["int8_student"] is ActivationScheme.ASYMMETRIC:
+    if request.node.callspec.params["int8_student"] is not ActivationScheme.SYMMETRIC_SIGNED:
         optimized = tmp_path / "optimized.onnx"
         open_session(path, threads=1, optimized_path=optimized)
         optimized_ops = Counter(node.op_type for node in onnx.load(str(optimized)).graph.node)
@@ -99,7 +98,9 @@ def test_scheme_sets_the_zero_points(int8_student, request):
     zero_points = _zero_points(path)
     assert zero_points
     scheme = request.node.callspec.params["int8_student"]
-    if scheme is ActivationScheme.SYMMETRIC:  # what TensorRT needs: signed INT8, zero point 0
+    if scheme is ActivationScheme.SYMMETRIC_SIGNED:  # what TensorRT needs: signed INT8, zero point 0
         assert all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    elif scheme is ActivationScheme.SYMMETRIC:  # zero point 0, post-ReLU tensors unsigned
+        assert all(not z.any() for z in zero_points) and any(z.dtype == np.uint8 for z in zero_points)
     else:  # a CPU may use asymmetric activations: some non-zero or unsigned zero points
         assert any(z.dtype == np.uint8 or z.any() for z in zero_points)

@@ -49,7 +49,7 @@ def student_onnx(fashion, tmp_path_factory):
         F.cross_entropy(model(images), labels).backward()
         optimizer.step()
     quantized = quantize_with_nncf(model.eval(), TensorDataset(train_x[:512], train_y[:512]), 256,
-                                   ActivationScheme.SYMMETRIC)
+                                   ActivationScheme.SYMMETRIC_SIGNED)
     path = tmp_path_factory.mktemp("engine") / "student.int8.onnx"
     return export_onnx(strip_to_qdq(quantized, test_x[:8]), test_x[:8], path)
 

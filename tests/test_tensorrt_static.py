@@ -46,7 +46,7 @@ def _int8_student(fashion, scheme: ActivationScheme, path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def symmetric_onnx(fashion, tmp_path_factory) -> Path:
-    return _int8_student(fashion, ActivationScheme.SYMMETRIC, tmp_path_factory.mktemp("sym") / "student.int8.onnx")
+    return _int8_student(fashion, ActivationScheme.SYMMETRIC_SIGNED, tmp_path_factory.mktemp("sym") / "student.int8.onnx")
 
 
 @pytest.fixture(scope="session")

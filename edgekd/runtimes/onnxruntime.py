@@ -86,6 +86,26 @@ class OnnxRuntimeRunner:
         return Latency(p50, p90, p99, "measured", self.description, batch, len(samples))
 
 
+def measure_side_by_side(paths: dict[str, Path], threads: int, batches: tuple[int, ...], timing: dict,
+                         rounds: int) -> dict[str, dict[int, Latency]]:
+    """OnnxRuntimeRunner.measure's loop (example_input, run, time_calls, percentiles), interleaved:
+    every round times each model in turn, starting one model later each round, and the samples of
+    all rounds are pooled, so a noisy spell on the host lands on all models rather than one."""
+    runners = {name: OnnxRuntimeRunner(path, threads) for name, path in paths.items()}
+    names = list(runners)
+    samples: dict[tuple[str, int], list[float]] = {(n, b): [] for n in names for b in batches}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for batch in batches:
+            for name in order:
+                runner = runners[name]
+                images = runner.example_input(batch)
+                samples[name, batch] += time_calls(lambda: runner.run(images),
+                                                   label=f"{name} (batch {batch}, round {r + 1}/{rounds})", **timing)
+    return {n: {b: Latency(*percentiles(samples[n, b]), "measured", runners[n].description, b, len(samples[n, b]))
+                for b in batches} for n in names}
+
+
 def profile_layers(path: Path, threads: int, batch: int, runs: int = 30) -> list[dict]:
     """Mean time per node from ONNX Runtime's own profiler: [{name, op, ms}], slowest first."""
     with tempfile.TemporaryDirectory() as folder:

@@ -2,8 +2,9 @@
 fine-tuned through them with the distillation loss (QAT; or not at all, for PTQ), then stripped
 to native PyTorch quantize/dequantize ops and exported as an ONNX QDQ graph.
 
-The scheme follows the target: symmetric activations (zero point 0) and per-channel weights for
-TensorRT; asymmetric activations allowed on CPUs. Accuracy is measured on the exported file in
+The scheme follows the target: signed symmetric activations (zero point 0) and per-channel weights
+for TensorRT; on CPUs zero point 0 with unsigned post-ReLU tensors (what ONNX Runtime fuses into
+QLinearConv), or asymmetric activations where a target asks for them. Accuracy is measured on the exported file in
 ONNX Runtime, i.e. on the artifact that ships, not on the fake-quantized PyTorch model.
 """
 
@@ -52,14 +53,14 @@ def quantize_with_nncf(model: nn.Module, calibration: torch.utils.data.Dataset, 
     folded, _ = fold_batchnorm(model)
     subset = Subset(calibration, range(min(samples, len(calibration))))
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False)
-    preset = nncf.QuantizationPreset.PERFORMANCE if scheme is ActivationScheme.SYMMETRIC else nncf.QuantizationPreset.MIXED
+    preset = nncf.QuantizationPreset.MIXED if scheme is ActivationScheme.ASYMMETRIC else nncf.QuantizationPreset.PERFORMANCE
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantized = nncf.quantize(folded, nncf.Dataset(loader, lambda batch: batch[0]), preset=preset,
                                   subset_size=len(loader))  # NNCF counts dataset items: batches here
-    if scheme is ActivationScheme.SYMMETRIC:
+    if scheme is ActivationScheme.SYMMETRIC_SIGNED:
         force_signed_activations(quantized)
-    else:
+    elif scheme is ActivationScheme.ASYMMETRIC:
         pin_zero_points(quantized)
     return quantized
 
