@@ -6,7 +6,7 @@ import torch
 from edgekd.config import PruneConfig
 from edgekd.models import create_model
 from edgekd.onnx_export import check_parity, export_onnx
-from edgekd.stages.prune import count, make_pruner
+from edgekd.stages.prune import count, make_pruner, prune_until
 
 
 @pytest.mark.parametrize("arch", ["edgekd_cnn", "edgekd_resnet", "resnet18", "mobilenet_v3_small"])
@@ -28,3 +28,12 @@ def test_classifier_keeps_its_outputs(test_images):
     make_pruner(model, test_images, PruneConfig(ratio=0.5), 10, 0.5, 1).step()
     assert model.classifier.out_features == 10
     assert model.classifier.in_features == model.features[3][0].out_channels
+
+
+def test_pruning_by_macs_stops_at_the_goal(test_images):
+    model = create_model("edgekd_cnn", 10, (1, 28, 28)).eval()
+    before = count(model, test_images)[0]
+    pruner = make_pruner(model, test_images, PruneConfig(by="macs"), 10, 0.95, 200)
+    after = prune_until(model, pruner, test_images, 0.5 * before)
+    assert 0.3 * before < after <= 0.5 * before
+    assert model(test_images[:2]).shape == (2, 10)

@@ -77,3 +77,22 @@ def test_resume_of_a_finished_run_reruns_only_what_the_profile_changed(tmp_path,
     assert stages["teacher"]["resumed"] and stages["distill"]["resumed"]
     assert not stages["prune"]["resumed"] and not stages["quantize"]["resumed"]
     assert stages["prune"]["params"] < {s["name"]: s for s in report["stages"]}["prune"]["params"]
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, cache_dir, smoke_run):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "edgekd", "compress", "--profile", str(_slow_smoke_profile(tmp_path)),
+               "--target", "host-cpu", "--run-dir", str(run_dir), "--cache-dir", str(cache_dir)]
+    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "EDGEKD_QUIET": "1"},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(run_dir / "progress" / "distill.pt", process)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and f"edgekd compress --resume {run_dir}" in err
+    assert (run_dir / "progress" / "distill.pt").is_file(), "the last epoch checkpoint is kept"
+    assert not (run_dir / "report.json").exists()

@@ -60,6 +60,15 @@ def make_pruner(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, num_c
     )
 
 
+def prune_until(model: nn.Module, pruner: tp.pruner.MetaPruner, example: torch.Tensor, max_macs: float,
+                prepare=lambda: None) -> int:
+    """Small channel steps until the model needs at most `max_macs` per image (or the pruner's cap)."""
+    while count(model, example)[0] > max_macs and pruner.current_step < pruner.iterative_steps:
+        prepare()
+        pruner.step()
+    return count(model, example)[0]
+
+
 def _taylor_gradients(model: nn.Module, ctx: StageContext) -> None:
     """Taylor importance needs gradients: from one fixed batch, identical on every rank."""
     images = torch.stack([ctx.data.train[i][0] for i in range(min(256, len(ctx.data.train)))])
@@ -103,11 +112,8 @@ class PruneStage:
                     _taylor_gradients(model, ctx)
                 pruner.step()
             else:
-                goal = macs_before * (1 - cfg.ratio * (step + 1) / cfg.steps)
-                while count(model, example)[0] > goal and pruner.current_step < pruner.iterative_steps:
-                    if cfg.importance == "taylor":
-                        _taylor_gradients(model, ctx)
-                    pruner.step()
+                prepare = (lambda: _taylor_gradients(model, ctx)) if cfg.importance == "taylor" else (lambda: None)
+                prune_until(model, pruner, example, macs_before * (1 - cfg.ratio * (step + 1) / cfg.steps), prepare)
             model.zero_grad(set_to_none=True)
             plan = TrainPlan(
                 epochs=cfg.epochs_per_step, lr=cfg.lr, weight_decay=ctx.profile.distill.weight_decay,

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from edgekd import distributed
@@ -59,6 +60,7 @@ def obtain_teacher(source: TeacherSource, profile: Profile, data: DataBundle, ca
         info(f"teacher: cached {cached}")
         return Teacher(model.eval(), spec, f"cache:{cached}", key, {"cached": True})
     info(f"teacher: training {cfg.arch} for {cfg.epochs} epochs (cached afterwards in {cached.parent})")
+    torch.manual_seed(profile.seed)  # the initial weights too: the same recipe and seed give the same teacher
     model = spec.build()
     plan = TrainPlan(
         epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=profile.data.batch_size,

@@ -1,0 +1,60 @@
+"""`edgekd compress --data PATH --teacher CKPT --student NAME` on a user's ImageFolder tree."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from edgekd.data import load_fashion_mnist
+from edgekd.losses import CrossEntropyObjective
+from edgekd.models import ModelSpec, save_checkpoint
+from edgekd.train import TrainPlan, fit
+from tests.conftest import edgekd
+
+
+def _image_folder(root, per_class: int = 120):
+    """Real Fashion-MNIST images of three classes written as PNG files, split into train/ and val/."""
+    from PIL import Image
+
+    fashion = load_fashion_mnist()
+    counts = {}
+    for index in range(len(fashion.train)):
+        x, y = fashion.train[index]
+        label = int(y)
+        if label > 2 or counts.get(label, 0) >= per_class:
+            continue
+        counts[label] = counts.get(label, 0) + 1
+        split = "val" if counts[label] % 4 == 0 else "train"
+        pixels = ((x[0] * 0.3530 + 0.2860).clamp(0, 1) * 255).to(torch.uint8).numpy()
+        path = root / split / f"class{label}" / f"{index}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.asarray(pixels), mode="L").save(path)
+        if len(counts) == 3 and min(counts.values()) >= per_class:
+            break
+
+
+def test_compress_on_an_image_folder_with_a_given_teacher_and_student(tmp_path, cache_dir):
+    _image_folder(tmp_path / "data")
+    from edgekd.data import load_image_folder
+    from edgekd.config import DataConfig
+
+    bundle = load_image_folder(tmp_path / "data", DataConfig(), image_size=28, seed=0)
+    spec = ModelSpec("edgekd_cnn", 3, bundle.input_shape, 1.0)
+    teacher = spec.build()
+    fit(teacher, CrossEntropyObjective(), bundle.train, TrainPlan(3, 0.1, 0, 32, 0), label="teacher")
+    save_checkpoint(teacher, spec, tmp_path / "teacher.pt")
+
+    run_dir = tmp_path / "run"
+    done = edgekd("compress", "--profile", "smoke", "--target", "host-cpu", "--data", str(tmp_path / "data"),
+                  "--image-size", "28", "--teacher", str(tmp_path / "teacher.pt"),
+                  "--student", "mobilenet_v3_small", "--width", "0.5", "--run-dir", str(run_dir),
+                  "--cache-dir", str(cache_dir))
+    assert done.returncode in (0, 3), done.stderr[-3000:]
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["dataset"]["classes"] == ["class0", "class1", "class2"]
+    assert report["dataset"]["train"] == 270 and report["dataset"]["test"] == 90
+    assert report["stages"][0]["details"]["origin"] == str(tmp_path / "teacher.pt")
+    assert report["stages"][0]["accuracy"] > 0.5  # three classes: chance is a third
+    assert (run_dir / "student.int8.onnx").is_file()
