@@ -184,7 +184,7 @@ class QuantizeConfig(Strict):
     method: Literal["qat", "ptq"] = "qat"
     calibration_samples: PositiveInt = 1024
     epochs: Annotated[int, Field(ge=0)] = 2  # QAT epochs; 0 (or method = "ptq") is post-training only
-    lr: Positive = 0.005
+    lr: Positive = 0.002
 
 
 class ExportConfig(Strict):
