@@ -233,4 +233,7 @@ def run(argv: list[str] | None = None) -> int:
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
+    # a shell starts background jobs with SIGINT ignored, and Python then installs no handler:
+    # restore it, so an interrupt (or a CI runner's SIGINT) always stops cleanly
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.exit(run())
