@@ -53,10 +53,15 @@ class _FeatureTap:
 
     def __init__(self, module: nn.Module):
         self.value = None
-        module.register_forward_hook(self._keep)
+        self._handle = module.register_forward_hook(self._keep)
 
     def _keep(self, _module, _inputs, output):
         self.value = output
+
+    def remove(self) -> None:
+        """Detach the hook: a model left with it cannot be deep-copied, pickled or exported cleanly."""
+        self._handle.remove()
+        self.value = None
 
 
 class HintStudent(nn.Module):
@@ -71,6 +76,9 @@ class HintStudent(nn.Module):
     def forward(self, x):
         logits = self.student(x)
         return logits, self.adapter(self.tap.value)
+
+    def close(self) -> None:
+        self.tap.remove()
 
 
 class DistillationObjective(nn.Module):
@@ -104,6 +112,7 @@ class DistillationObjective(nn.Module):
             self.teacher(probe.to(next(self.teacher.parameters()).device))
             student.train(was_training)
         s_channels, t_channels = tap.value.shape[1], self.teacher_tap.value.shape[1]
+        tap.remove()
         return HintStudent(student, self.hint.student_layer, nn.Conv2d(s_channels, t_channels, 1))
 
     _input_shape: tuple[int, int, int] = (1, 28, 28)
@@ -111,6 +120,10 @@ class DistillationObjective(nn.Module):
     def with_input_shape(self, shape: tuple[int, int, int]) -> "DistillationObjective":
         self._input_shape = tuple(shape)
         return self
+
+    def close(self) -> None:
+        if self.teacher_tap is not None:
+            self.teacher_tap.remove()
 
     def forward(self, output, x, y):
         with torch.no_grad():

@@ -140,6 +140,9 @@ def fit(
         distributed.barrier()
     if fast:
         trainable.to(memory_format=torch.contiguous_format)
+    for part in (trainable, objective):  # hint objectives hook into both models: unhook them
+        if hasattr(part, "close"):
+            part.close()
     model.eval()
     return log
 

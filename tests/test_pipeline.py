@@ -95,3 +95,17 @@ def test_project_ci_latency_gate_against_the_committed_baseline(smoke_run):
                   "--tolerance", "0.5", "--accuracy-tolerance", "0.05")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "PASS" in done.stdout
+
+
+def test_hint_profile_runs_through_pruning_and_qat(tmp_path, cache_dir, smoke_run):
+    """Feature distillation in every training stage; its hooks must not stay on the student."""
+    text = (REPO / "profiles/smoke.toml").read_text().replace('name = "smoke"', 'name = "smoke-hint"')
+    text = text.replace("[prune]", '[distill.hint]\nteacher_layer = "features.2"\nstudent_layer = "features.3"\n\n[prune]')
+    profile = tmp_path / "smoke-hint.toml"
+    profile.write_text(text)
+    done = edgekd("compress", "--profile", str(profile), "--target", "host-cpu", "--run-dir", str(tmp_path / "run"),
+                  "--cache-dir", str(cache_dir))
+    assert done.returncode in (0, 3), done.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert [s["name"] for s in report["stages"]] == ["teacher", "distill", "prune", "quantize"]
+    assert report["stages"][-1]["accuracy"] > 0.2
