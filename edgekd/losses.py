@@ -136,7 +136,3 @@ class DistillationObjective(nn.Module):
         if student_feature.shape[-2:] != target.shape[-2:]:
             student_feature = F.adaptive_avg_pool2d(student_feature, target.shape[-2:])
         return loss + self.hint.weight * F.mse_loss(student_feature.float(), target.float())
-
-
-def unwrap_student(trainable: nn.Module) -> nn.Module:
-    return trainable.student if isinstance(trainable, HintStudent) else trainable

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from edgekd.errors import BadInputError, EnvironmentProblem
+from edgekd.errors import EnvironmentProblem
 
 
 @contextmanager
@@ -153,11 +153,3 @@ class RunFolder:
             if not file.is_file() or sha256(file) != digest:
                 return None
         return done["record"]
-
-    def forget(self, stage: str) -> None:
-        self._marker(stage).unlink(missing_ok=True)
-
-    def require_existing(self) -> "RunFolder":
-        if not self.root.is_dir():
-            raise BadInputError(f"run folder not found: {self.root}")
-        return self
