@@ -41,6 +41,7 @@ def compress(
     run_dir: Annotated[Optional[Path], typer.Option(help="Run folder. [default: runs/<timestamp>-<target>]")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Resume this run folder: completed stages are skipped (if their inputs and config are unchanged), an interrupted stage restarts from its last epoch.")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Where the built-in teacher is cached.", envvar="EDGEKD_CACHE_DIR")] = None,
+    device: Annotated[Optional[str], typer.Option(help="Where training runs: auto (CUDA when available), cpu, cuda or cuda:N. [default: auto]")] = None,
 ) -> None:
     """Run teacher -> distill -> prune -> QAT -> export -> verify, and check the student against the target's budget.
 
@@ -52,7 +53,7 @@ def compress(
     given = {
         "target": target, "profile": profile, "data": data, "image_size": image_size, "teacher": teacher,
         "teacher_arch": teacher_arch, "teacher_weights": teacher_weights, "student": student, "width": width,
-        "seed": seed,
+        "seed": seed, "device": device,
     }
     if resume is not None:
         if run_dir is not None and run_dir != resume:
@@ -71,6 +72,7 @@ def compress(
         seed=given["seed"],
         run_dir=run_dir,
         cache_dir=cache_dir,
+        device=given["device"] or "auto",
     )
     result = run_compress(options)
     from edgekd import distributed
@@ -101,7 +103,10 @@ def print_report(report: dict, run_dir: Path) -> None:
     runtimes = sorted({s["latency_ms"]["runtime"] for s in report["stages"]})
     out.print(f"latency: {'; '.join(runtimes)}; batch {report['target']['batch']}")
     budget = report["budget"]
-    out.print(("[green]" if budget["met"] else "[red]") + budget["verdict"])
+    latency_met = all(v for k, v in budget["checks"].items() if k != "accuracy")
+    out.print(("[green]" if latency_met else "[red]") + budget["verdict"], highlight=False)
+    if "accuracy" in budget:
+        out.print(("[green]" if budget["accuracy"]["met"] else "[red]") + budget["accuracy"]["verdict"], highlight=False)
     out.print(f"run folder: {run_dir}  (open {run_dir / 'report.html'})")
 
 

@@ -99,6 +99,8 @@ class Target(Strict):
     tensorrt_dla: bool = False  # Jetson: the build script offers --useDLACore
     input: TargetInput = TargetInput()
     budget: Budget
+    # a target may tighten the profile's accuracy budget (points of top-1 against the teacher)
+    max_accuracy_drop: Annotated[float, Field(ge=0, le=100)] | None = None
     hardware: Hardware
 
     @property
@@ -129,18 +131,35 @@ class Target(Strict):
 # ---------------------------------------------------------------- profiles
 
 
+Augmentation = Literal["hflip", "shift"]
+
+
 class DataConfig(Strict):
     batch_size: PositiveInt = 256
-    train_limit: PositiveInt | None = None  # use the first N training images (smoke runs)
+    # seeded, class-stratified random subsets of each split (smoke runs); never "the first N"
+    train_limit: PositiveInt | None = None
+    val_limit: PositiveInt | None = None
     test_limit: PositiveInt | None = None
-    val_fraction: Fraction = 0.2  # ImageFolder without train/val: held-out share, seeded
+    # validation: this share of the training data, seeded and class-stratified, held out for every
+    # choice edgekd makes (best recovery step, accuracy budget); the test split is only reported
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    # one ImageFolder tree with no train/ and held-out folder: this share becomes the test split
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    # training-time augmentation for the teacher and distillation: "hflip" (mirror left-right),
+    # "shift" (random translation by up to 1/8 of the side, edges replicated). Unset: the built-in
+    # Fashion-MNIST gets ["hflip"]; a user's images get ["shift"], safe for digits, text and signs
+    augment: list[Augmentation] | None = None
     workers: Annotated[int, Field(ge=0)] = 0
+
+
+NonNegativeInt = Annotated[int, Field(ge=0)]
 
 
 class TeacherConfig(Strict):
     arch: str = "edgekd_resnet"
     width: Positive = 1.0
     epochs: PositiveInt = 5
+    min_steps: NonNegativeInt = 600  # small data sets: at least this many optimizer steps
     lr: Positive = 0.3
     weight_decay: Annotated[float, Field(ge=0)] = 5e-4
 
@@ -165,6 +184,7 @@ class DistillConfig(Strict):
     temperature: Positive = 4.0
     alpha: Annotated[float, Field(ge=0, le=1)] = 0.9
     hint: HintConfig | None = None
+    min_steps: NonNegativeInt = 400  # small data sets: at least this many optimizer steps
 
 
 class PruneConfig(Strict):
@@ -175,6 +195,7 @@ class PruneConfig(Strict):
     global_pruning: bool = False
     steps: PositiveInt = 2  # iterative: prune a slice, recover, repeat
     epochs_per_step: PositiveInt = 1
+    min_steps_per_step: NonNegativeInt = 100  # recovery after each pruning step, in optimizer steps
     lr: Positive = 0.05
     ignore: list[str] = []  # module names never pruned; the classifier always is ignored
 
@@ -184,7 +205,11 @@ class QuantizeConfig(Strict):
     method: Literal["qat", "ptq"] = "qat"
     calibration_samples: PositiveInt = 1024
     epochs: Annotated[int, Field(ge=0)] = 2  # QAT epochs; 0 (or method = "ptq") is post-training only
+    min_steps: NonNegativeInt = 200  # small data sets: at least this many QAT steps
     lr: Positive = 0.002
+    # QAT may train longer while the INT8 student is below the accuracy budget (validation): up to
+    # this many extra epochs, at half the learning rate, each at least min_steps / 2 steps
+    max_extra_epochs: NonNegativeInt = 2
 
 
 class ExportConfig(Strict):
@@ -192,6 +217,14 @@ class ExportConfig(Strict):
     atol: Positive = 1e-3  # max |logit difference| between PyTorch and ONNX Runtime (FP32)
     int8_atol: Positive = 0.25  # same for INT8: rounding in fused kernels differs from fake-quant
     min_top1_agreement: Annotated[float, Field(gt=0, le=1)] = 0.98
+
+
+class AccuracyConfig(Strict):
+    """The accuracy budget: how far the student's top-1 may fall below the teacher's.
+
+    Judged on the validation split; a run whose student falls further exits 3."""
+
+    max_drop: Annotated[float, Field(ge=0, le=100)] = 1.0  # points of top-1 (1.0 = one percentage point)
 
 
 class Profile(Strict):
@@ -205,6 +238,7 @@ class Profile(Strict):
     prune: PruneConfig = PruneConfig()
     quantize: QuantizeConfig = QuantizeConfig()
     export: ExportConfig = ExportConfig()
+    accuracy: AccuracyConfig = AccuracyConfig()
 
 
 # ---------------------------------------------------------------- loading

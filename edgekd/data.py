@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,19 +27,91 @@ FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 
 
+HELD_OUT_FOLDERS = ("val", "valid", "validation", "test")  # beside train/: Kaggle and Roboflow say valid/
+
+
 @dataclass(frozen=True)
 class DataBundle:
-    """What every stage needs to know about the data: splits, classes and input shape."""
+    """What every stage needs to know about the data: splits, classes and input shape.
+
+    `val` decides (best recovery step, accuracy budget); `test` is only ever reported."""
 
     name: str
     train: Dataset
     test: Dataset
     classes: list[str]
     input_shape: tuple[int, int, int]  # C, H, W
+    val: Dataset | None = None
+    splits: dict[str, str] = field(default_factory=dict)  # where each split came from, for the report
+    default_augment: tuple[str, ...] = ("shift",)  # used when the profile sets no `data.augment`
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+# ---------------------------------------------------------------- seeded, stratified subsets
+
+
+def labels_of(dataset: Dataset) -> list[int]:
+    """Every label of a split, in order, without decoding images where the split knows them."""
+    if isinstance(dataset, Subset):
+        parent = labels_of(dataset.dataset)
+        return [parent[i] for i in dataset.indices]
+    if isinstance(dataset, TensorDataset):
+        return [int(y) for y in dataset.tensors[1].tolist()]
+    if isinstance(dataset, _ImageFiles):
+        return [label for _, label in dataset.samples]
+    return [int(dataset[i][1]) for i in range(len(dataset))]
+
+
+def _by_class(labels: list[int], seed: int) -> dict[int, list[int]]:
+    """Indices of each class, each list in a seeded random order."""
+    generator = torch.Generator().manual_seed(seed)
+    groups: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        groups.setdefault(label, []).append(index)
+    return {label: [members[i] for i in torch.randperm(len(members), generator=generator).tolist()]
+            for label, members in sorted(groups.items())}
+
+
+def _interleave(groups: list[list[int]], seed: int) -> list[int]:
+    """One seeded random order of all the picked indices, so any batch of them mixes the classes."""
+    picked = [i for group in groups for i in group]
+    order = torch.randperm(len(picked), generator=torch.Generator().manual_seed(seed + 1)).tolist()
+    return [picked[i] for i in order]
+
+
+def stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(kept, held out): `fraction` of every class held out, at least one image of each class
+    that has two or more, seeded. A class-sorted folder gives the same class mix on both sides."""
+    kept, held = [], []
+    for members in _by_class(labels, seed).values():
+        n_held = min(len(members) - 1, max(1, int(round(len(members) * fraction)))) if len(members) > 1 else 0
+        held.append(members[:n_held])
+        kept.append(members[n_held:])
+    return _interleave(kept, seed), _interleave(held, seed)
+
+
+def stratified_indices(labels: list[int], n: int, seed: int) -> list[int]:
+    """`n` indices drawn at random (seeded) with every class in proportion to its share."""
+    if n >= len(labels):
+        return _interleave([list(range(len(labels)))], seed)
+    groups = _by_class(labels, seed)
+    quotas = {label: len(members) * n / len(labels) for label, members in groups.items()}
+    take = {label: int(q) for label, q in quotas.items()}
+    # largest remainders get the images left over, so the total is exactly n
+    for label in sorted(quotas, key=lambda k: quotas[k] - take[k], reverse=True)[: n - sum(take.values())]:
+        take[label] += 1
+    return _interleave([groups[label][: take[label]] for label in groups], seed)
+
+
+def stratified_subset(dataset: Dataset, n: int, seed: int) -> Dataset:
+    """A seeded, class-stratified random subset: for calibration, importance batches and smoke
+    slices. Never "the first N": an ImageFolder tree is sorted by class."""
+    if n >= len(dataset):
+        return dataset
+    return Subset(dataset, stratified_indices(labels_of(dataset), n, seed))
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -85,6 +157,8 @@ def load_fashion_mnist(root: Path = FASHION_MNIST_DIR) -> DataBundle:
         test=_fashion_split(root, "t10k"),
         classes=list(FASHION_MNIST_CLASSES),
         input_shape=(1, 28, 28),
+        splits={"train": f"{root} train-*-idx*-ubyte", "test": f"{root} t10k-*-idx*-ubyte"},
+        default_augment=("hflip",),
     )
 
 
@@ -146,49 +220,100 @@ def _check_images(samples: list[tuple[Path, int]]) -> int:
     return channels
 
 
+def _held_out_folder(root: Path, names: tuple[str, ...]) -> Path | None:
+    found = [root / n for n in names if (root / n).is_dir()]
+    if len(found) > 1:
+        raise BadInputError(f"{root}: several held-out folders ({', '.join(p.name for p in found)}); "
+                            "keep one validation folder (val/, valid/ or validation/) and test/")
+    return found[0] if found else None
+
+
 def load_image_folder(root: Path, config: DataConfig, image_size: int, seed: int) -> DataBundle:
-    """An ImageFolder tree: `train/` and `val/` (or `test/`), or one tree split by a seeded fraction."""
+    """An ImageFolder tree, in one of three layouts:
+
+    - `train/`, `test/` and a validation folder (`val/`, `valid/` or `validation/`): used as named;
+    - `train/` and one held-out folder (any of those names): that folder is the reported test
+      split, and validation is carved from `train/`;
+    - one tree of class folders (or `train/` alone): test and validation are both carved from it.
+    Every carve is seeded and class-stratified."""
     if not root.is_dir():
         raise BadInputError(f"data folder not found: {root}")
-    held_out = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
-    if (root / "train").is_dir() and held_out is not None:
-        classes, train_samples = _scan_classes(root / "train")
-        test_classes, test_samples = _scan_classes(held_out)
-        if test_classes != classes:
-            raise BadInputError(f"{held_out}: classes {test_classes} differ from train/ classes {classes}")
+    splits: dict[str, str] = {}
+    val_samples = None
+    train_root = root / "train"
+    if train_root.is_dir():
+        test_dir = root / "test" if (root / "test").is_dir() else None
+        val_dir = _held_out_folder(root, ("val", "valid", "validation"))
+        if test_dir is None and val_dir is not None:
+            test_dir, val_dir = val_dir, None
     else:
-        classes, samples = _scan_classes(root)
-        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed)).tolist()
-        n_test = max(1, int(round(len(samples) * config.val_fraction)))
-        test_samples = [samples[i] for i in order[:n_test]]
-        train_samples = [samples[i] for i in order[n_test:]]
+        train_root, test_dir, val_dir = root, None, None
+    classes, train_samples = _scan_classes(train_root)
     if not train_samples:
-        raise BadInputError(f"{root}: no images found (expected class sub-folders holding {sorted(IMAGE_SUFFIXES)})")
+        raise BadInputError(f"{train_root}: no images found (expected class sub-folders holding {sorted(IMAGE_SUFFIXES)})")
     if len(classes) < 2:
-        raise BadInputError(f"{root}: found {len(classes)} class folder(s); a classifier needs at least 2")
+        raise BadInputError(f"{train_root}: found {len(classes)} class folder(s); a classifier needs at least 2")
+    splits["train"] = str(train_root)
+    if test_dir is not None:
+        test_samples = _scan_same_classes(test_dir, classes, train_root)
+        splits["test"] = str(test_dir)
+    else:
+        kept, held = stratified_split([label for _, label in train_samples], config.test_fraction, seed)
+        test_samples = [train_samples[i] for i in held]
+        train_samples = [train_samples[i] for i in kept]
+        splits["test"] = f"{100 * config.test_fraction:g}% of {train_root} (seeded, stratified)"
+    if val_dir is not None:
+        val_samples = _scan_same_classes(val_dir, classes, train_root)
+        splits["val"] = str(val_dir)
     if not test_samples:
-        raise BadInputError(f"{root}: no held-out images (add val/ or raise val_fraction)")
-    channels = _check_images(train_samples + test_samples)
+        raise BadInputError(f"{root}: no held-out images (add val/ or test/, or raise data.test_fraction)")
+    channels = _check_images(train_samples + test_samples + (val_samples or []))
     return DataBundle(
         name=f"imagefolder:{root}",
         train=_ImageFiles(train_samples, image_size, channels),
         test=_ImageFiles(test_samples, image_size, channels),
         classes=classes,
         input_shape=(channels, image_size, image_size),
+        val=_ImageFiles(val_samples, image_size, channels) if val_samples is not None else None,
+        splits=splits,
     )
+
+
+def _scan_same_classes(folder: Path, classes: list[str], train_root: Path) -> list[tuple[Path, int]]:
+    found, samples = _scan_classes(folder)
+    if found != classes:
+        raise BadInputError(f"{folder}: classes {found} differ from {train_root.name}/ classes {classes}")
+    return samples
+
+
+def with_validation(bundle: DataBundle, fraction: float, seed: int) -> DataBundle:
+    """Carve a seeded, class-stratified validation split out of `train` unless one was given."""
+    if bundle.val is not None:
+        return bundle
+    kept, held = stratified_split(labels_of(bundle.train), fraction, seed)
+    if not held:
+        raise BadInputError(f"{bundle.name}: too few training images to hold out a validation split")
+    splits = {**bundle.splits, "val": f"{100 * fraction:g}% of the training data (seeded, stratified)"}
+    return replace(bundle, train=Subset(bundle.train, kept), val=Subset(bundle.train, held), splits=splits)
+
+
+def augmentations(config: DataConfig, bundle: DataBundle) -> tuple[str, ...]:
+    """The profile's augmentation list, or the data's safe default when the profile sets none."""
+    return tuple(config.augment) if config.augment is not None else bundle.default_augment
 
 
 def load_data(path: str | None, config: DataConfig, image_size: int = 32, seed: int = 0) -> DataBundle:
     bundle = load_fashion_mnist() if path is None else load_image_folder(Path(path), config, image_size, seed)
-    return limit(bundle, config.train_limit, config.test_limit)
+    bundle = with_validation(bundle, config.val_fraction, seed)
+    return limit(bundle, config.train_limit, config.test_limit, config.val_limit, seed)
 
 
-def limit(bundle: DataBundle, train_limit: int | None, test_limit: int | None) -> DataBundle:
-    """The first N images of each split: the smoke profile's slices of real data."""
+def limit(bundle: DataBundle, train_limit: int | None, test_limit: int | None, val_limit: int | None = None,
+          seed: int = 0) -> DataBundle:
+    """Seeded, class-stratified slices of each split: the smoke profile's slices of real data."""
 
-    def head(dataset: Dataset, n: int | None) -> Dataset:
-        return dataset if n is None or n >= len(dataset) else Subset(dataset, range(n))
+    def part(dataset: Dataset | None, n: int | None) -> Dataset | None:
+        return dataset if dataset is None or n is None else stratified_subset(dataset, n, seed)
 
-    return DataBundle(
-        bundle.name, head(bundle.train, train_limit), head(bundle.test, test_limit), bundle.classes, bundle.input_shape
-    )
+    return replace(bundle, train=part(bundle.train, train_limit), test=part(bundle.test, test_limit),
+                   val=part(bundle.val, val_limit))

@@ -8,18 +8,44 @@ Only rank 0 writes files; the others wait for it where they need its output.
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+from edgekd.errors import BadInputError
 
-def init_from_env() -> None:
+_device = torch.device("cpu")  # this process's training device, chosen once by `init_from_env`
+
+
+def resolve_device(spec: str) -> torch.device:
+    """`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`; under torchrun a bare `cuda`
+    (or `auto`) means this process's LOCAL_RANK. A device that is not here is a one-line error."""
+    spec = spec.strip().lower()
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", spec):
+        raise BadInputError(f"--device '{spec}': expected auto, cpu, cuda or cuda:N")
+    if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise BadInputError(f"--device {spec}: no CUDA device is visible here (use --device cpu or auto)")
+    index = int(spec.split(":")[1]) if ":" in spec else int(os.environ.get("LOCAL_RANK", "0"))
+    if index >= torch.cuda.device_count():
+        raise BadInputError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device("cuda", index)
+
+
+def init_from_env(device_spec: str = "auto") -> torch.device:
+    """Choose this process's device; under torchrun start the process group (NCCL on GPUs,
+    Gloo on CPUs)."""
+    global _device
+    _device = resolve_device(device_spec)
+    if _device.type == "cuda":
+        torch.cuda.set_device(_device)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        backend = "nccl" if _device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=60))
+    return _device
 
 
 def shutdown() -> None:
@@ -66,6 +92,5 @@ def mean_across_ranks(value: float) -> float:
 
 
 def device() -> torch.device:
-    if torch.cuda.is_available() and is_distributed() and dist.get_backend() == "nccl":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
+    """Where training runs in this process (`--device`; the CPU until `init_from_env` chose)."""
+    return _device

@@ -20,7 +20,9 @@ from torch import nn
 from edgekd import __version__, distributed
 from edgekd.config import Profile, Runtime, Target, fingerprint, load_profile, load_target
 from edgekd.data import DataBundle, load_data
+from edgekd.deploy import INT8_ONNX
 from edgekd.errors import EdgekdError, ExitCode, Interrupted
+from edgekd.measure.accuracy import accuracy_floor, accuracy_verdict
 from edgekd.models import create_model, require_architecture
 from edgekd.onnx_export import check_parity, export_onnx
 from edgekd.progress import info
@@ -30,11 +32,12 @@ from edgekd.stages.distill import DistillStage
 from edgekd.stages.prune import PruneStage, count
 from edgekd.stages.quantize import QuantizeStage
 from edgekd.stages.teacher import Teacher, TeacherSource, default_cache_dir, obtain_teacher
-from edgekd.train import accuracy
+from edgekd.train import predict_onnx
 from edgekd.verify import host_latency, target_latency
 
 STAGES = (DistillStage(), PruneStage(), QuantizeStage())  # in this order; nothing prunes after QAT
 FP32_ONNX = "student.fp32.onnx"
+EVAL_THREADS = 2  # ONNX Runtime threads for measuring accuracy on the exported files
 REPORT = "report.json"
 REFERENCE_ARCH = "edgekd_resnet"  # the fixed model every run also times, to normalise latency
 
@@ -53,6 +56,7 @@ class CompressOptions:
     seed: int | None = None
     run_dir: Path | None = None
     cache_dir: Path | None = None
+    device: str = "auto"  # where training runs: auto (CUDA when available), cpu, cuda, cuda:N
 
     def resolved_profile(self) -> Profile:
         profile = load_profile(self.profile)
@@ -68,7 +72,7 @@ class CompressOptions:
             "target": self.target, "profile": self.profile, "data": self.data, "image_size": self.image_size,
             "teacher": self.teacher.path_or_name, "teacher_arch": self.teacher.arch,
             "teacher_weights": self.teacher.weights, "student": self.student, "width": self.width,
-            "seed": self.seed,
+            "seed": self.seed, "device": self.device,
         }
 
 
@@ -83,48 +87,71 @@ class CompressResult:
     exit_code: ExitCode
 
 
-def _stage_record(name: str, model: nn.Module | None, output: StageOutput | None, ctx: StageContext,
-                  onnx_path: Path, seconds: float, macs_params: tuple[int, int], label: str) -> dict:
-    target_lat = target_latency(onnx_path, ctx.target, label=f"{label} latency")
-    acc = output.accuracy if output is not None and output.accuracy is not None else accuracy(model, ctx.data.test)
-    return {
-        "name": name,
-        "accuracy": acc,
-        "params": macs_params[1],
-        "macs": macs_params[0],
-        "size_bytes": onnx_path.stat().st_size,
-        "latency_ms": target_lat.latency.as_dict(),
-        "latency_estimate_ms": target_lat.estimate.as_dict(),
-        "latency_note": target_lat.note,
-        "onnx": ctx.run.relative(onnx_path),
-        "seconds": round(seconds, 2),
-        "details": output.details if output is not None else {},
-    }
+class ExportMismatch(EdgekdError):
+    """The exported file does not compute what the model it came from computes."""
 
 
-def _export_checked(model: nn.Module, ctx: StageContext, path: Path) -> dict:
-    export_onnx(model, ctx.example, path, ctx.profile.export.opset)
-    parity = check_parity(model, path, ctx.example, ctx.profile.export.atol)
-    if not parity.ok:
-        raise EdgekdError(f"{path}: ONNX Runtime's logits differ from PyTorch's by {parity.max_abs_diff:.2e} "
-                          f"(tolerance {parity.atol:.0e})")
+def _export_checked(model: nn.Module, ctx: StageContext, path: Path, precision: str, stage: str) -> dict:
+    """Export, then run the file in ONNX Runtime on real images and compare with the model:
+    the INT8 file against the fake-quantized model it came from, within the profile's tolerance."""
+    export = ctx.profile.export
+    export_onnx(model, ctx.example, path, export.opset)
+    if precision == "int8":
+        from edgekd.runtimes.onnxruntime import store_int8_weights
+
+        store_int8_weights(path)
+    atol = export.int8_atol if precision == "int8" else export.atol
+    parity = check_parity(model, path, ctx.example, atol)
+    agreement_needed = export.min_top1_agreement if precision == "int8" else 0.0
+    if not parity.ok or parity.top1_agreement < agreement_needed:
+        raise ExportMismatch(
+            f"{stage}: the exported {precision.upper()} file {path.name} disagrees with the model it came from: "
+            f"max |logit difference| {parity.max_abs_diff:.3g} (tolerance {atol:g}), top-1 agreement "
+            f"{100 * parity.top1_agreement:.1f}% (needed {100 * agreement_needed:.0f}%)")
     return parity.as_dict()
 
 
+def record_stage(name: str, model: nn.Module, ctx: StageContext, *, precision: str, counts: tuple[int, int],
+                 seconds: float, details: dict) -> dict:
+    """One record for every stage, the teacher included: export the model, check the export,
+    and measure top-1 on the exported file (validation decides, test is reported), so every
+    accuracy in the report is the accuracy of a file that exists."""
+    from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner
+
+    path = ctx.run.path(INT8_ONNX if precision == "int8" else f"stages/{name}.onnx")
+    parity = _export_checked(model, ctx, path, precision, name)
+    runner = OnnxRuntimeRunner(path, threads=EVAL_THREADS)
+    target_lat = target_latency(path, ctx.target, label=f"{name} latency")
+    return {
+        "name": name,
+        "precision": precision,
+        "accuracy": predict_onnx(runner, ctx.data.test),
+        "val_accuracy": predict_onnx(runner, ctx.data.val),
+        "params": counts[1],
+        "macs": counts[0],
+        "size_bytes": path.stat().st_size,
+        "latency_ms": target_lat.latency.as_dict(),
+        "latency_estimate_ms": target_lat.estimate.as_dict(),
+        "latency_note": target_lat.note,
+        "onnx": ctx.run.relative(path),
+        "seconds": round(seconds, 2),
+        "details": {**details, "parity": parity},
+    }
+
+
 def _teacher_stage(teacher: Teacher, ctx: StageContext) -> dict:
-    fp = fingerprint("teacher", teacher.fingerprint, ctx.target.name, ctx.profile.export)
+    fp = fingerprint("teacher", teacher.fingerprint, ctx.target.name, ctx.profile.export, ctx.data.splits,
+                     len(ctx.data.val), len(ctx.data.test))
     done = ctx.run.completed("teacher", fp)
     if done is not None:
         return {**done, "resumed": True}
     record = None
     if distributed.is_main():
         started = time.perf_counter()
-        path = ctx.run.path("stages/teacher.onnx")
-        parity = _export_checked(teacher.model, ctx, path)
-        record = _stage_record("teacher", teacher.model, None, ctx, path, 0.0, count(teacher.model, ctx.example), "teacher")
-        record["details"] = {"origin": teacher.origin, "parity": parity, **teacher.details}
+        record = record_stage("teacher", teacher.model, ctx, precision="fp32", counts=count(teacher.model, ctx.example),
+                              seconds=0.0, details={"origin": teacher.origin, **teacher.details})
         record["seconds"] = round(time.perf_counter() - started, 2)
-        ctx.run.mark_done("teacher", fp, record, [path])
+        ctx.run.mark_done("teacher", fp, record, [ctx.run.root / record["onnx"]])
     return distributed.broadcast(record)
 
 
@@ -150,19 +177,16 @@ def _run_stages(model: nn.Module, ctx: StageContext, chain_fp: str) -> tuple[nn.
         seconds = time.perf_counter() - started
         record = None
         if distributed.is_main():
-            files = []
-            if "int8_onnx" in output.artifacts:  # the quantized graph: counts are the FP32 graph's
-                onnx_path = output.artifacts["int8_onnx"]
-                counts = last_counts or count(model, ctx.example)
-            else:
-                onnx_path = ctx.run.path(f"stages/{stage.name}.onnx")
-                parity = _export_checked(output.model, ctx, onnx_path)
-                output.details["parity"] = parity
-                counts = count(output.model, ctx.example)
+            # a quantized graph counts as the FP32 graph it was made from
+            counts = (last_counts or count(model, ctx.example)) if output.precision == "int8" \
+                else count(output.model, ctx.example)
+            record = record_stage(stage.name, output.model, ctx, precision=output.precision, counts=counts,
+                                  seconds=seconds, details=output.details)
+            files = [ctx.run.root / record["onnx"]]
+            if output.precision == "fp32":
                 atomic_torch_save(output.model, checkpoint)
                 files.append(checkpoint)
-            record = _stage_record(stage.name, output.model, output, ctx, onnx_path, seconds, counts, stage.name)
-            ctx.run.mark_done(stage.name, fp, record, [*files, onnx_path])
+            ctx.run.mark_done(stage.name, fp, record, files)
             ctx.run.path(f"progress/{stage.name}.pt").unlink(missing_ok=True)
         record = distributed.broadcast(record)
         records.append({**record, "resumed": False})
@@ -172,10 +196,16 @@ def _run_stages(model: nn.Module, ctx: StageContext, chain_fp: str) -> tuple[nn.
     return model, records
 
 
-def _budget(target: Target, final: dict) -> dict:
+def _budget(ctx: StageContext, records: list[dict], latency_record: dict) -> dict:
+    """Both budgets, side by side: latency (and memory) on the target, and top-1 against the teacher."""
     from edgekd.bench import budget_verdict
 
-    return budget_verdict(target, final["latency_ms"], final["size_bytes"])
+    budget = budget_verdict(ctx.target, latency_record["latency_ms"], latency_record["size_bytes"])
+    accuracy = accuracy_verdict(records, ctx.profile, ctx.target)
+    budget["accuracy"] = accuracy
+    budget["checks"]["accuracy"] = accuracy["met"]
+    budget["met"] = all(budget["checks"].values())
+    return budget
 
 
 def _reference(ctx: StageContext, student_onnx: Path) -> dict:
@@ -233,7 +263,7 @@ def compress(options: CompressOptions) -> CompressResult:
 
 
 def _compress(options: CompressOptions) -> CompressResult:
-    distributed.init_from_env()
+    distributed.init_from_env(options.device)
     target = load_target(options.target)
     profile = options.resolved_profile()
     require_architecture(profile.student.arch)  # a typo fails now, not after the teacher trains
@@ -248,12 +278,14 @@ def _compress(options: CompressOptions) -> CompressResult:
     distributed.barrier()
     started = time.perf_counter()
     teacher = obtain_teacher(options.teacher, profile, data, Path(options.cache_dir or default_cache_dir()))
-    example = torch.stack([data.test[i][0] for i in range(min(256, len(data.test)))])
+    example = torch.stack([data.val[i][0] for i in range(min(256, len(data.val)))])
     ctx = StageContext(profile, target, data, teacher.model, run, example)
     records = [_teacher_stage(teacher, ctx)]
+    ctx = replace(ctx, accuracy_floor=accuracy_floor(records[0]["val_accuracy"], profile, target))
     torch.manual_seed(profile.seed)
     student = create_model(profile.student.arch, data.num_classes, data.input_shape, profile.student.width)
-    chain_fp = fingerprint(teacher.fingerprint, data.name, len(data.train), len(data.test), data.input_shape)
+    chain_fp = fingerprint(teacher.fingerprint, data.name, data.splits, len(data.train), len(data.val),
+                           len(data.test), data.input_shape)
     _, stage_records = _run_stages(student, ctx, chain_fp)
     records += stage_records
     report = None
@@ -292,11 +324,12 @@ def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, da
                    "activations": target.activation_scheme.value, "batch": target.input.batch,
                    "threads": target.threads, "machine": target.machine},
         "profile": ctx.profile.name,
-        "dataset": {"name": data.name, "train": len(data.train), "test": len(data.test),
-                    "classes": data.classes, "input_shape": list(data.input_shape)},
+        "training": {"device": str(distributed.device()), "processes": distributed.world_size()},
+        "dataset": {"name": data.name, "train": len(data.train), "val": len(data.val), "test": len(data.test),
+                    "splits": data.splits, "classes": data.classes, "input_shape": list(data.input_shape)},
         "stages": records,
         "student": {"stage": final["name"], "onnx": final["onnx"]},
-        "budget": _budget(target, budget_record),
+        "budget": _budget(ctx, records, budget_record),
         "tensorrt": tensorrt,
         "reference": _reference(ctx, final_onnx),
         "layers": _layers(ctx, final, final_onnx),

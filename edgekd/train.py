@@ -7,6 +7,7 @@ command and seed give the same model.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,15 +25,24 @@ from edgekd.runfolder import atomic_torch_save
 
 @dataclass(frozen=True)
 class TrainPlan:
+    """A stage's schedule. Epochs are the convenience; `min_steps` makes sure a small data set
+    still gets enough optimizer steps (4,000 images at batch 256 are only 16 steps an epoch), and
+    the one-cycle warm-up and decay follow the steps actually taken."""
+
     epochs: int
     lr: float
     weight_decay: float
     batch_size: int
     seed: int
     warmup: float = 0.15  # share of steps spent raising the learning rate (one-cycle schedule)
-    augment: bool = False  # random horizontal flips
+    augment: tuple[str, ...] = ()  # "hflip", "shift" (see DataConfig.augment)
     fast_math: bool = False  # bf16 autocast + channels-last where the CPU/GPU has bf16 units (not for QAT)
     workers: int = 0
+    min_steps: int = 0
+
+    def epochs_for(self, steps_per_epoch: int) -> int:
+        """Epochs to run: the plan's, or more when that would be fewer than `min_steps` steps."""
+        return max(self.epochs, math.ceil(self.min_steps / max(1, steps_per_epoch)))
 
 
 @dataclass
@@ -52,10 +62,40 @@ def _flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None].to(x.device), x.flip(-1), x)
 
 
+def _shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image by a random whole number of pixels, up to 1/8 of its side, repeating
+    the edge pixels into the gap (no black or grey borders that the test images never have)."""
+    n, _, h, w = x.shape
+    limit = max(1, round(min(h, w) / 8))
+    offsets = torch.randint(-limit, limit + 1, (n, 2), generator=generator).float()
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = 2 * offsets[:, 0] / w
+    theta[:, 1, 2] = 2 * offsets[:, 1] / h
+    grid = nn.functional.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return nn.functional.grid_sample(x, grid, mode="nearest", padding_mode="border", align_corners=False)
+
+
+AUGMENTATIONS = {"hflip": _flip, "shift": _shift}
+
+
+def augment(x: torch.Tensor, names: tuple[str, ...], generator: torch.Generator) -> torch.Tensor:
+    for name in names:
+        x = AUGMENTATIONS[name](x, generator)
+    return x
+
+
 def _bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _mixed_precision(device: torch.device) -> torch.dtype | None:
+    """bf16 where the device has it; fp16 (with a gradient scaler) on older GPUs; else none."""
+    if _bf16_supported(device):
+        return torch.bfloat16
+    return torch.float16 if device.type == "cuda" else None
 
 
 def fit(
@@ -80,13 +120,17 @@ def fit(
         dataset, num_replicas=distributed.world_size(), rank=distributed.rank(), shuffle=True, seed=plan.seed
     )
     drop_last = len(dataset) // distributed.world_size() > plan.batch_size
-    loader = DataLoader(dataset, batch_size=plan.batch_size, sampler=sampler, num_workers=plan.workers, drop_last=drop_last)
+    loader = DataLoader(dataset, batch_size=plan.batch_size, sampler=sampler, num_workers=plan.workers,
+                        drop_last=drop_last, pin_memory=device.type == "cuda")
     parameters = [p for p in trainable.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(parameters, lr=plan.lr, momentum=0.9, nesterov=True, weight_decay=plan.weight_decay)
+    epochs = plan.epochs_for(len(loader))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=plan.lr, total_steps=max(1, plan.epochs * len(loader)), pct_start=plan.warmup
+        optimizer, max_lr=plan.lr, total_steps=max(1, epochs * len(loader)), pct_start=plan.warmup
     )
-    fast = plan.fast_math and _bf16_supported(device)
+    amp_dtype = _mixed_precision(device) if plan.fast_math else None
+    fast = amp_dtype is not None
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
     if fast:
         trainable.to(memory_format=torch.channels_last)
     log = TrainLog()
@@ -100,24 +144,24 @@ def fit(
             torch.set_rng_state(state["rng"])
             log.epoch_losses = list(state["losses"])
             start = log.resumed_from_epoch = state["epoch"] + 1
-    for epoch in range(start, plan.epochs):
+    for epoch in range(start, epochs):
         sampler.set_epoch(epoch)
-        flips = torch.Generator().manual_seed(plan.seed * 1000 + epoch * 10 + distributed.rank())
+        augment_rng = torch.Generator().manual_seed(plan.seed * 1000 + epoch * 10 + distributed.rank())
         objective.train()
         wrapped.train()
         total, batches = 0.0, 0
-        with progress_bar(f"{label} epoch {epoch + 1}/{plan.epochs}", len(loader)) as advance:
+        with progress_bar(f"{label} epoch {epoch + 1}/{epochs}", len(loader)) as advance:
             for x, y in loader:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if plan.augment:
-                    x = _flip(x, flips)
+                x = augment(x, plan.augment, augment_rng)
                 if fast:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
+                with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=fast):
                     loss = objective(wrapped(x), x, y)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
                 scheduler.step()
                 total += float(loss.detach())
                 batches += 1
@@ -140,6 +184,7 @@ def fit(
         distributed.barrier()
     if fast:
         trainable.to(memory_format=torch.contiguous_format)
+    trainable.cpu()  # later stages count, export and prune on the CPU
     for part in (trainable, objective):  # hint objectives hook into both models: unhook them
         if hasattr(part, "close"):
             part.close()
@@ -160,8 +205,12 @@ def predict(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> tuple[
 
 
 def accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> float:
+    """Top-1 (0..1) of a PyTorch model over a split."""
     logits, labels = predict(model, dataset, batch_size)
     return float((logits.argmax(1) == labels).float().mean())
+
+
+evaluate = accuracy
 
 
 def predict_onnx(runner, dataset: Dataset, batch_size: int = 256) -> float:

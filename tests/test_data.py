@@ -54,8 +54,8 @@ def test_one_tree_is_split_by_a_seeded_fraction(tmp_path):
     for label, name in enumerate(("a", "b")):
         for i in range(10):
             _write_png(tmp_path / name / f"{i}.png", (10 * i, 0, 0), mode="RGB")
-    first = load_image_folder(tmp_path, DataConfig(val_fraction=0.2), image_size=8, seed=3)
-    again = load_image_folder(tmp_path, DataConfig(val_fraction=0.2), image_size=8, seed=3)
+    first = load_image_folder(tmp_path, DataConfig(test_fraction=0.2), image_size=8, seed=3)
+    again = load_image_folder(tmp_path, DataConfig(test_fraction=0.2), image_size=8, seed=3)
     assert len(first.test) == 4 and len(first.train) == 16
     assert first.test.samples == again.test.samples
     assert first.input_shape == (3, 8, 8)

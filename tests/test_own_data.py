@@ -54,7 +54,8 @@ def test_compress_on_an_image_folder_with_a_given_teacher_and_student(tmp_path, 
     assert done.returncode in (0, 3), done.stderr[-3000:]
     report = json.loads((run_dir / "report.json").read_text())
     assert report["dataset"]["classes"] == ["class0", "class1", "class2"]
-    assert report["dataset"]["train"] == 270 and report["dataset"]["test"] == 90
+    assert (report["dataset"]["train"], report["dataset"]["val"], report["dataset"]["test"]) == (243, 27, 90)
+    assert report["dataset"]["splits"]["test"] == str(tmp_path / "data" / "val")
     assert report["stages"][0]["details"]["origin"] == str(tmp_path / "teacher.pt")
     assert report["stages"][0]["accuracy"] > 0.5  # three classes: chance is a third
     assert (run_dir / "student.int8.onnx").is_file()

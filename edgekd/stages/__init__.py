@@ -27,8 +27,11 @@ class StageContext:
     data: DataBundle
     teacher: nn.Module
     run: RunFolder
-    example: torch.Tensor  # a batch of real test images, for tracing and parity checks
+    example: torch.Tensor  # a batch of real validation images, for tracing and parity checks
     fingerprint: str = ""  # of this stage's inputs and config; epoch checkpoints carry it
+    # the lowest validation top-1 (0..1) the student may have: the teacher's minus the accuracy
+    # budget. Stages that can trade accuracy (pruning, QAT) respect it; None: no budget known
+    accuracy_floor: float | None = None
 
     def progress(self, stage: str) -> Path:
         """The epoch checkpoint a training stage resumes from."""
@@ -37,10 +40,13 @@ class StageContext:
 
 @dataclass
 class StageOutput:
+    """What a stage returns. The pipeline exports `model` (FP32 or QDQ INT8, by `precision`),
+    checks the export against it, and measures accuracy on the exported file."""
+
     model: nn.Module
     details: dict = field(default_factory=dict)  # stage-specific facts for the report
-    artifacts: dict[str, Path] = field(default_factory=dict)  # files this stage wrote
-    accuracy: float | None = None  # set when the stage measured it on its real artifact
+    precision: str = "fp32"  # "fp32", or "int8" for a model of native quantize/dequantize ops
+    artifacts: dict[str, Path] = field(default_factory=dict)  # extra files this stage wrote
 
 
 class Stage(Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from edgekd.config import Profile, Target
+from edgekd.data import augmentations
 from edgekd.losses import DistillationObjective
 from edgekd.stages import StageContext, StageOutput
 from edgekd.train import TrainPlan, fit
@@ -17,7 +18,8 @@ class DistillStage:
         return True
 
     def config(self, profile: Profile, target: Target) -> object:
-        return {"student": profile.student.model_dump(), "distill": profile.distill.model_dump(), "seed": profile.seed}
+        return {"student": profile.student.model_dump(), "distill": profile.distill.model_dump(), "seed": profile.seed,
+                "augment": profile.data.augment}
 
     def run(self, model: nn.Module, ctx: StageContext) -> StageOutput:
         cfg = ctx.profile.distill
@@ -25,6 +27,7 @@ class DistillStage:
         plan = TrainPlan(
             epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=ctx.profile.data.batch_size,
             seed=ctx.profile.seed, workers=ctx.profile.data.workers, fast_math=True,
+            augment=augmentations(ctx.profile.data, ctx.data), min_steps=cfg.min_steps,
         )
         log = fit(model, objective, ctx.data.train, plan, label="distill",
                   checkpoint=ctx.progress(self.name), fingerprint=ctx.fingerprint)

@@ -118,7 +118,7 @@ class PruneStage:
             plan = TrainPlan(
                 epochs=cfg.epochs_per_step, lr=cfg.lr, weight_decay=ctx.profile.distill.weight_decay,
                 batch_size=ctx.profile.data.batch_size, seed=ctx.profile.seed + step + 1, warmup=0.1,
-                workers=ctx.profile.data.workers, fast_math=True,
+                workers=ctx.profile.data.workers, fast_math=True, min_steps=cfg.min_steps_per_step,
             )
             log = fit(model, objective, ctx.data.train, plan, label=f"prune {step + 1}/{cfg.steps} recover")
             losses.extend(log.epoch_losses)

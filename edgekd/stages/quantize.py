@@ -1,11 +1,11 @@
 """Stage 3: INT8. NNCF inserts fake quantizers (after BatchNorm folding), the student is
 fine-tuned through them with the distillation loss (QAT; or not at all, for PTQ), then stripped
-to native PyTorch quantize/dequantize ops and exported as an ONNX QDQ graph.
+to native PyTorch quantize/dequantize ops, which the pipeline exports as an ONNX QDQ graph.
 
 The scheme follows the target: signed symmetric activations (zero point 0) and per-channel weights
 for TensorRT; on CPUs zero point 0 with unsigned post-ReLU tensors (what ONNX Runtime fuses into
-QLinearConv), or asymmetric activations where a target asks for them. Accuracy is measured on the exported file in
-ONNX Runtime, i.e. on the artifact that ships, not on the fake-quantized PyTorch model.
+QLinearConv), or asymmetric activations where a target asks for them. The pipeline measures accuracy
+on the exported file in ONNX Runtime, i.e. on the artifact that ships, not on the fake-quantized model.
 """
 
 from __future__ import annotations
@@ -14,44 +14,48 @@ import warnings
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from edgekd import distributed
 from edgekd.config import ActivationScheme, Profile, Target
+from edgekd.data import stratified_subset
 from edgekd.fold import fold_batchnorm
 from edgekd.losses import DistillationObjective
-from edgekd.onnx_export import check_parity, export_onnx
+from edgekd.progress import info
 from edgekd.stages import StageContext, StageOutput
-from edgekd.train import TrainPlan, fit
-
-INT8_ONNX = "student.int8.onnx"
+from edgekd.train import TrainPlan, evaluate, fit
 
 
 def use_eager_fake_quant() -> None:
     """NNCF's CPU fake-quant kernels are a C++ extension compiled on first use (minutes on two
     cores, and a timeout on a busy machine); its own fallback is torch.compile'd. Use the same
     reference arithmetic eagerly instead: identical results, no compiler in the loop."""
-    from nncf.torch.quantization.extensions import QuantizedFunctionsCPU
+    from nncf.torch.quantization.extensions import QuantizedFunctionsCPU, QuantizedFunctionsCUDA
     from nncf.torch.quantization.reference import ReferenceQuantize, ReferenceBackendType
 
-    if QuantizedFunctionsCPU._loaded_namespace is None:
-        executor = ReferenceQuantize(backend_type=ReferenceBackendType.TORCH)
+    executor = ReferenceQuantize(backend_type=ReferenceBackendType.TORCH)
 
-        class EagerQuantizedFunctions:
-            Quantize_forward = staticmethod(executor.forward)
-            Quantize_backward = staticmethod(executor.backward)
+    class EagerQuantizedFunctions:
+        Quantize_forward = staticmethod(executor.forward)
+        Quantize_backward = staticmethod(executor.backward)
 
-        QuantizedFunctionsCPU._loaded_namespace = EagerQuantizedFunctions
+    namespaces = [QuantizedFunctionsCPU]
+    if torch.cuda.is_available():  # QAT on a GPU would compile NNCF's CUDA extension the same way
+        namespaces.append(QuantizedFunctionsCUDA)
+    for namespace in namespaces:
+        if namespace._loaded_namespace is None:
+            namespace._loaded_namespace = EagerQuantizedFunctions
 
 
 def quantize_with_nncf(model: nn.Module, calibration: torch.utils.data.Dataset, samples: int,
-                       scheme: ActivationScheme, batch_size: int = 128) -> nn.Module:
-    """Fold BatchNorms, then insert NNCF's INT8 fake quantizers calibrated on `samples` images."""
+                       scheme: ActivationScheme, batch_size: int = 128, seed: int = 0) -> nn.Module:
+    """Fold BatchNorms, then insert NNCF's INT8 fake quantizers calibrated on `samples` images,
+    drawn at random with every class in proportion (never the first N of a class-sorted folder)."""
     import nncf
 
     use_eager_fake_quant()
     folded, _ = fold_batchnorm(model)
-    subset = Subset(calibration, range(min(samples, len(calibration))))
+    subset = stratified_subset(calibration, samples, seed)
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False)
     preset = nncf.QuantizationPreset.MIXED if scheme is ActivationScheme.ASYMMETRIC else nncf.QuantizationPreset.PERFORMANCE
     with warnings.catch_warnings():
@@ -118,31 +122,38 @@ class QuantizeStage:
                 "export": profile.export.model_dump(), "distill": profile.distill.model_dump(), "seed": profile.seed}
 
     def run(self, model: nn.Module, ctx: StageContext) -> StageOutput:
-        from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner, store_int8_weights
-        from edgekd.train import predict_onnx
-
         cfg = ctx.profile.quantize
         scheme = ctx.target.activation_scheme
-        quantized = quantize_with_nncf(model, ctx.data.train, cfg.calibration_samples, scheme)
-        log_losses: list[float] = []
+        quantized = quantize_with_nncf(model, ctx.data.train, cfg.calibration_samples, scheme, seed=ctx.profile.seed)
+        details: dict = {"method": cfg.method, "scheme": scheme.value, "epoch_losses": []}
         if cfg.method == "qat" and cfg.epochs > 0:
             objective = DistillationObjective(ctx.teacher, ctx.profile.distill).with_input_shape(ctx.data.input_shape)
             plan = TrainPlan(
                 epochs=cfg.epochs, lr=cfg.lr, weight_decay=0.0, batch_size=ctx.profile.data.batch_size,
-                seed=ctx.profile.seed, warmup=0.05, workers=ctx.profile.data.workers,
+                seed=ctx.profile.seed, warmup=0.05, workers=ctx.profile.data.workers, min_steps=cfg.min_steps,
             )
             log = fit(quantized, objective, ctx.data.train, plan, label="QAT",
                       checkpoint=ctx.progress(self.name), fingerprint=ctx.fingerprint)
-            log_losses = log.epoch_losses
-        stripped = strip_to_qdq(quantized, ctx.example)
-        if not distributed.is_main():  # rank 0 alone exports and measures
-            return StageOutput(stripped, {"method": cfg.method, "scheme": scheme.value})
-        path = store_int8_weights(export_onnx(stripped, ctx.example, ctx.run.path(INT8_ONNX), ctx.profile.export.opset))
-        parity = check_parity(stripped, path, ctx.example, ctx.profile.export.int8_atol)
-        accuracy = predict_onnx(OnnxRuntimeRunner(path, threads=ctx.target.threads), ctx.data.test)
-        return StageOutput(
-            stripped,
-            {"method": cfg.method, "scheme": scheme.value, "epoch_losses": log_losses, "parity": parity.as_dict()},
-            artifacts={"int8_onnx": path},
-            accuracy=accuracy,
-        )
+            details["epoch_losses"] = log.epoch_losses
+            details.update(self._train_to_the_floor(quantized, objective, plan, ctx))
+        return StageOutput(strip_to_qdq(quantized, ctx.example), details, precision="int8")
+
+    def _train_to_the_floor(self, quantized: nn.Module, objective: nn.Module, plan: TrainPlan,
+                            ctx: StageContext) -> dict:
+        """While the INT8 student is below the accuracy budget on validation, train it longer,
+        one epoch at a time at half the learning rate, up to the profile's cap."""
+        cfg = ctx.profile.quantize
+        if ctx.accuracy_floor is None or cfg.max_extra_epochs == 0:
+            return {}
+        val_accuracy = distributed.broadcast(evaluate(quantized, ctx.data.val))
+        extra = 0
+        while val_accuracy < ctx.accuracy_floor and extra < cfg.max_extra_epochs:
+            extra += 1
+            info(f"QAT: validation top-1 {100 * val_accuracy:.2f}% is below the accuracy budget's "
+                 f"{100 * ctx.accuracy_floor:.2f}%; extra epoch {extra}/{cfg.max_extra_epochs}")
+            longer = TrainPlan(epochs=1, lr=cfg.lr / 2, weight_decay=0.0, batch_size=plan.batch_size,
+                               seed=plan.seed + 100 + extra, warmup=0.05, workers=plan.workers,
+                               min_steps=cfg.min_steps // 2)
+            fit(quantized, objective, ctx.data.train, longer, label=f"QAT extra {extra}")
+            val_accuracy = distributed.broadcast(evaluate(quantized, ctx.data.val))
+        return {"extra_epochs": extra, "fake_quant_val_accuracy": val_accuracy}

@@ -15,7 +15,7 @@ from torch import nn
 
 from edgekd import distributed
 from edgekd.config import Profile, fingerprint
-from edgekd.data import DataBundle
+from edgekd.data import DataBundle, augmentations
 from edgekd.losses import CrossEntropyObjective
 from edgekd.models import ModelSpec, load_teacher, save_checkpoint
 from edgekd.progress import info
@@ -52,7 +52,8 @@ def obtain_teacher(source: TeacherSource, profile: Profile, data: DataBundle, ca
             if file.is_file() else {"name": source.path_or_name, "weights": source.weights}
         return Teacher(model.eval(), spec, source.path_or_name, fingerprint(identity, data.name), {})
     cfg = profile.teacher
-    key = fingerprint(cfg, data.name, len(data.train), len(data.test), data.input_shape, profile.seed)
+    augment = augmentations(profile.data, data)
+    key = fingerprint(cfg, data.name, len(data.train), len(data.test), data.input_shape, profile.seed, augment)
     cached = cache_dir / "teachers" / f"{cfg.arch}-{key}.pt"
     spec = ModelSpec(cfg.arch, data.num_classes, data.input_shape, cfg.width)
     if cached.is_file():
@@ -64,7 +65,7 @@ def obtain_teacher(source: TeacherSource, profile: Profile, data: DataBundle, ca
     model = spec.build()
     plan = TrainPlan(
         epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=profile.data.batch_size,
-        seed=profile.seed, augment=True, fast_math=True, workers=profile.data.workers,
+        seed=profile.seed, augment=augment, fast_math=True, workers=profile.data.workers, min_steps=cfg.min_steps,
     )
     progress = cache_dir / "teachers" / f".{cfg.arch}-{key}.progress.pt"
     log = fit(model, CrossEntropyObjective(), data.train, plan, label="teacher", checkpoint=progress, fingerprint=key)

@@ -1,0 +1,86 @@
+"""The accuracy budget: a student that lost more than the budget never exits 0."""
+
+import json
+
+import pytest
+import torch
+
+from edgekd.config import PROFILES_DIR, load_profile, load_target
+from edgekd.measure.accuracy import accuracy_floor, accuracy_verdict
+from edgekd.models import create_model
+from edgekd.pipeline import ExportMismatch, _export_checked
+
+
+def _records(*val):
+    names = ["teacher", "distill", "prune", "quantize"]
+    return [{"name": n, "val_accuracy": v} for n, v in zip(names, val)]
+
+
+def test_the_verdict_names_the_stage_that_broke_the_budget():
+    profile, target = load_profile("default"), load_target("host-cpu")
+    verdict = accuracy_verdict(_records(0.93, 0.925, 0.90, 0.905), profile, target)
+    assert not verdict["met"] and verdict["first_stage_below"] == "prune"
+    assert verdict["drop_points"] == pytest.approx(2.5)
+    assert "MISSED" in verdict["verdict"] and "prune stage" in verdict["verdict"]
+    assert accuracy_verdict(_records(0.93, 0.925, 0.921, 0.9205), profile, target)["met"]
+
+
+def test_a_target_can_tighten_the_budget():
+    profile = load_profile("default")
+    strict = load_target("host-cpu").model_copy(update={"max_accuracy_drop": 0.25})
+    assert accuracy_floor(0.93, profile, strict) == pytest.approx(0.9275)
+    assert not accuracy_verdict(_records(0.93, 0.93, 0.93, 0.926), profile, strict)["met"]
+
+
+def _break_activation_ranges(quantize_with_nncf):
+    """Quantizers whose ranges are 50x too narrow: every tensor they see saturates."""
+
+    def broken(*args, **kwargs):
+        from nncf.torch.quantization.layers import AsymmetricQuantizer, SymmetricQuantizer
+
+        quantized = quantize_with_nncf(*args, **kwargs)
+        with torch.no_grad():
+            for module in quantized.modules():
+                if isinstance(module, SymmetricQuantizer):
+                    module.scale.mul_(0.02)
+                elif isinstance(module, AsymmetricQuantizer):
+                    module.input_range.mul_(0.02)
+        return quantized
+
+    return broken
+
+
+def test_a_planted_accuracy_collapse_exits_3_naming_the_stage(tmp_path, cache_dir, smoke_run, monkeypatch, capsys):
+    import edgekd.stages.quantize as quantize
+    from edgekd.cli import run
+
+    profile = tmp_path / "ptq-smoke.toml"
+    profile.write_text((PROFILES_DIR / "smoke.toml").read_text()
+                       .replace('method = "qat"', 'method = "ptq"\nmax_extra_epochs = 0')
+                       .replace("max_drop = 30.0", "max_drop = 5.0"))
+    monkeypatch.setattr(quantize, "quantize_with_nncf", _break_activation_ranges(quantize.quantize_with_nncf))
+    code = run(["compress", "--profile", str(profile), "--target", "host-cpu", "--run-dir", str(tmp_path / "run"),
+                "--cache-dir", str(cache_dir)])
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    accuracy = report["budget"]["accuracy"]
+    assert code == 3 and not report["budget"]["met"] and not accuracy["met"]
+    assert accuracy["first_stage_below"] == "quantize" and accuracy["drop_points"] > 5
+    line = next(l for l in printed.splitlines() if l.startswith("accuracy MISSED"))
+    assert "quantize" in line and f"{100 * accuracy['teacher']:.2f}%" in line
+
+
+def test_an_int8_export_that_disagrees_with_its_model_is_an_error(tmp_path, test_images, monkeypatch):
+    """The check is real: an exported file that computes something else is refused, not recorded."""
+    from types import SimpleNamespace
+
+    import edgekd.pipeline as pipeline
+    from edgekd.runfolder import RunFolder
+
+    model = create_model("edgekd_cnn", 10, (1, 28, 28), 0.5).eval()
+    other = create_model("edgekd_cnn", 10, (1, 28, 28), 0.5).eval()
+    real_export = pipeline.export_onnx
+    monkeypatch.setattr(pipeline, "export_onnx", lambda m, *a, **k: real_export(other, *a, **k))
+    ctx = SimpleNamespace(profile=load_profile("default"), example=test_images[:64], run=RunFolder(tmp_path))
+    with pytest.raises(ExportMismatch, match="prune: the exported FP32 file .* disagrees"):
+        _export_checked(model, ctx, tmp_path / "m.onnx", "fp32", "prune")
