@@ -2,7 +2,7 @@
 
 An ONNX file is measured where the target's runtime runs on this machine and estimated (roofline)
 where it does not; a TensorRT engine is measured or refused, never estimated. The budget verdict
-is worded by `budget_verdict`, the same function the pipeline's report uses, so `edgekd bench` on
+is worded by `edgekd.measure.budget.budget_verdict`, the same function the pipeline's report uses, so `edgekd bench` on
 a run's student agrees with that run's report.
 """
 
@@ -13,7 +13,8 @@ from pathlib import Path
 
 from edgekd.config import Target, load_target
 from edgekd.errors import BadInputError, EnvironmentProblem
-from edgekd.latency import Latency
+from edgekd.measure.budget import budget_verdict
+from edgekd.measure.latency import Latency
 
 
 @dataclass(frozen=True)
@@ -22,28 +23,6 @@ class BenchResult:
     estimate: Latency | None  # the roofline; None only for an engine with no .onnx beside it
     met: bool
     summary: str  # what `edgekd bench` prints: latency, how it was obtained, the verdict
-
-
-def budget_verdict(target: Target, latency: dict, size_bytes: int) -> dict:
-    """The budget record of report.json: which limits hold for this latency record
-    (`Latency.as_dict()`) and file size, and one sentence saying so and on what basis."""
-    limits = {"p50": target.budget_p50_ms, "p99": target.budget.latency_p99_ms}
-    checks = {k: latency[k] <= v for k, v in limits.items() if v is not None}
-    size_mb = size_bytes / 1e6
-    if target.budget.memory_mb is not None:
-        checks["memory"] = size_mb <= target.budget.memory_mb
-    met = all(checks.values())
-    basis = "measured" if latency["source"] == "measured" else "estimated (roofline; confirm on the device with `edgekd bench`)"
-    stated = ", ".join(f"{k} {latency[k]:.3f} ms vs {v:.3f} ms" for k, v in limits.items() if v is not None)
-    return {
-        "latency_ms": {k: v for k, v in limits.items()},
-        "memory_mb": target.budget.memory_mb,
-        "fps": target.budget.fps,
-        "met": met,
-        "checks": checks,
-        "source": latency["source"],
-        "verdict": f"{'MET' if met else 'MISSED'} on {target.name}: {stated}; {basis}",
-    }
 
 
 def bench_model(model: Path, target: str, batch: int | None) -> BenchResult:
@@ -58,7 +37,7 @@ def bench_model(model: Path, target: str, batch: int | None) -> BenchResult:
     if suffix == ".engine":
         latency, estimate, note = _engine_latency(path, spec, batch)
     else:
-        from edgekd.verify import target_latency
+        from edgekd.measure.target_latency import target_latency
 
         measured = target_latency(path, spec, batch, label=f"{path.name} latency")
         latency, estimate, note = measured.latency, measured.estimate, measured.note
@@ -79,7 +58,7 @@ def _engine_latency(path: Path, target: Target, batch: int) -> tuple[Latency, La
     source = path.with_suffix(".onnx")
     estimate = None
     if source.is_file():
-        from edgekd.estimate import estimate_latency
+        from edgekd.measure.estimate import estimate_latency
 
         estimate, _ = estimate_latency(source, target, batch)
     return latency, estimate, ""

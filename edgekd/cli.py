@@ -113,7 +113,7 @@ def targets_list() -> None:
     table = Table()
     for column in ("name", "aliases", "runtime", "precision", "batch", "budget", "measured here?"):
         table.add_column(column)
-    from edgekd.verify import measurable_here
+    from edgekd.measure.target_latency import measurable_here
 
     for t in list_targets():
         budget = ", ".join(f"{k} {v:g}" for k, v in t.budget.model_dump().items() if v is not None)

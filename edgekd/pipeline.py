@@ -21,17 +21,18 @@ from edgekd import __version__, distributed
 from edgekd.config import Profile, Runtime, Target, fingerprint, load_profile, load_target
 from edgekd.data import DataBundle, load_data
 from edgekd.errors import EdgekdError, ExitCode, Interrupted
+from edgekd.metrics import count
 from edgekd.models import create_model, require_architecture
 from edgekd.onnx_export import check_parity, export_onnx
 from edgekd.progress import info
 from edgekd.runfolder import RunFolder, atomic_torch_save, atomic_write_json
 from edgekd.stages import StageContext, StageOutput
 from edgekd.stages.distill import DistillStage
-from edgekd.stages.prune import PruneStage, count
+from edgekd.stages.prune import PruneStage
 from edgekd.stages.quantize import QuantizeStage
 from edgekd.stages.teacher import Teacher, TeacherSource, default_cache_dir, obtain_teacher
 from edgekd.train import accuracy
-from edgekd.verify import host_latency, target_latency
+from edgekd.measure.target_latency import host_latency, target_latency
 
 STAGES = (DistillStage(), PruneStage(), QuantizeStage())  # in this order; nothing prunes after QAT
 FP32_ONNX = "student.fp32.onnx"
@@ -173,7 +174,7 @@ def _run_stages(model: nn.Module, ctx: StageContext, chain_fp: str) -> tuple[nn.
 
 
 def _budget(target: Target, final: dict) -> dict:
-    from edgekd.bench import budget_verdict
+    from edgekd.measure.budget import budget_verdict
 
     return budget_verdict(target, final["latency_ms"], final["size_bytes"])
 
@@ -198,7 +199,7 @@ def _reference(ctx: StageContext, student_onnx: Path) -> dict:
 
 
 def _layers(ctx: StageContext, final: dict, onnx_path: Path) -> list[dict]:
-    from edgekd.estimate import estimate_layers
+    from edgekd.measure.estimate import estimate_layers
 
     if final["latency_ms"]["source"] == "measured":
         from edgekd.runtimes.onnxruntime import profile_layers

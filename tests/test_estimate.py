@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgekd.config import load_target
 from edgekd.errors import BadInputError
-from edgekd.estimate import estimate_latency, estimate_layers
+from edgekd.measure.estimate import estimate_latency, estimate_layers
 
 TARGET = """
 name = "round-numbers"

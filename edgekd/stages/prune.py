@@ -12,18 +12,10 @@ from edgekd import distributed
 from edgekd.config import Profile, PruneConfig, Target
 from edgekd.errors import BadInputError
 from edgekd.losses import DistillationObjective
+from edgekd.metrics import count
 from edgekd.runfolder import atomic_torch_save
 from edgekd.stages import StageContext, StageOutput
 from edgekd.train import TrainPlan, fit
-
-
-def count(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
-    """(MACs, parameters) of one image through `model`."""
-    was_training = model.training
-    model.eval()
-    macs, params = tp.utils.count_ops_and_params(model, example[:1])
-    model.train(was_training)
-    return int(macs), int(params)
 
 
 def _importance(name: str):

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekd.config import Runtime, Target
-from edgekd.estimate import estimate_latency
-from edgekd.latency import Latency
+from edgekd.measure.estimate import estimate_latency
+from edgekd.measure.latency import Latency
 
 
 def measurable_here(target: Target) -> tuple[bool, str]:

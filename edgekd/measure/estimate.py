@@ -17,7 +17,7 @@ import numpy as np
 
 from edgekd.config import Precision, Runtime, Target
 from edgekd.errors import BadInputError
-from edgekd.latency import Latency
+from edgekd.measure.latency import Latency
 
 FREE_OPS = {
     "QuantizeLinear", "DequantizeLinear", "Identity", "Flatten", "Reshape", "Shape", "Constant",
