@@ -41,6 +41,7 @@ def compress(
     run_dir: Annotated[Optional[Path], typer.Option(help="Run folder. [default: runs/<timestamp>-<target>]")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Resume this run folder: completed stages are skipped (if their inputs and config are unchanged), an interrupted stage restarts from its last epoch.")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Where the built-in teacher is cached.", envvar="EDGEKD_CACHE_DIR")] = None,
+    measure_here: Annotated[bool, typer.Option(help="Time every stage on this machine even when it is not the target's device; the report and verdict say 'measured on <this machine>, not on <target device>'.")] = False,
 ) -> None:
     """Run teacher -> distill -> prune -> QAT -> export -> verify, and check the student against the target's budget.
 
@@ -71,6 +72,7 @@ def compress(
         seed=given["seed"],
         run_dir=run_dir,
         cache_dir=cache_dir,
+        measure_here=measure_here,
     )
     result = run_compress(options)
     from edgekd import distributed
@@ -94,12 +96,14 @@ def print_report(report: dict, run_dir: Path) -> None:
             f"{stage['macs'] / 1e6:.2f}M",
             f"{stage['size_bytes'] / 1024:.0f} KiB",
             f"{lat['p50']:.3f}",
-            f"{lat['p99']:.3f}",
-            lat["source"],
+            "not estimated" if lat["p99"] is None else f"{lat['p99']:.3f}",
+            lat["source"] if stage.get("latency_on_target") or lat["source"] != "measured" else "measured off-device",
         )
     out.print(table)
     runtimes = sorted({s["latency_ms"]["runtime"] for s in report["stages"]})
     out.print(f"latency: {'; '.join(runtimes)}; batch {report['target']['batch']}")
+    for note in sorted({s["latency_note"] for s in report["stages"] if s.get("latency_note")}):
+        out.print(f"latency note: {note}", markup=False, highlight=False)
     budget = report["budget"]
     out.print(("[green]" if budget["met"] else "[red]") + budget["verdict"])
     out.print(f"run folder: {run_dir}  (open {run_dir / 'report.html'})")
@@ -117,7 +121,7 @@ def targets_list() -> None:
 
     for t in list_targets():
         budget = ", ".join(f"{k} {v:g}" for k, v in t.budget.model_dump().items() if v is not None)
-        here, why = measurable_here(t)
+        here, why = measurable_here(t)  # on the target's device, with its runtime
         table.add_row(t.name, ", ".join(t.aliases), t.runtime.value, t.precision.value, str(t.input.batch), budget,
                       "yes" if here else f"no: estimated ({why})")
     out.print(table)
@@ -163,11 +167,12 @@ def bench(
     model: Annotated[Path, typer.Argument(help="An ONNX file (or a TensorRT .engine where TensorRT runs).")],
     target: Annotated[str, typer.Option(help="Target name or TOML file.")] = "host-cpu",
     batch: Annotated[Optional[int], typer.Option(help="Batch size. [default: the target's]", min=1)] = None,
+    measure_here: Annotated[bool, typer.Option(help="Time the model on this machine even when it is not the target's device; the verdict says 'measured on <this machine>, not on <target device>'.")] = False,
 ) -> None:
     """Measure (or, where the target is not this machine, estimate) one model's latency against a target's budget."""
     from edgekd.bench import bench_model
 
-    result = bench_model(model, target, batch)
+    result = bench_model(model, target, batch, measure_here)
     out.print(result.summary)
     raise typer.Exit(int(ExitCode.OK if result.met else ExitCode.BUDGET_MISSED))
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgekd import __version__, distributed
+from edgekd import __version__, checkpoints, distributed
 from edgekd.config import Profile, Runtime, Target, fingerprint, load_profile, load_target
 from edgekd.data import DataBundle, load_data
 from edgekd.errors import EdgekdError, ExitCode, Interrupted
@@ -25,14 +25,14 @@ from edgekd.metrics import count
 from edgekd.models import create_model, require_architecture
 from edgekd.onnx_export import check_parity, export_onnx
 from edgekd.progress import info
-from edgekd.runfolder import RunFolder, atomic_torch_save, atomic_write_json
+from edgekd.runfolder import RunFolder, atomic_write_json
 from edgekd.stages import StageContext, StageOutput
 from edgekd.stages.distill import DistillStage
 from edgekd.stages.prune import PruneStage
 from edgekd.stages.quantize import QuantizeStage
 from edgekd.stages.teacher import Teacher, TeacherSource, default_cache_dir, obtain_teacher
 from edgekd.train import accuracy
-from edgekd.measure.target_latency import host_latency, target_latency
+from edgekd.measure.target_latency import host_latency, off_target_label, on_target_device, target_latency
 
 STAGES = (DistillStage(), PruneStage(), QuantizeStage())  # in this order; nothing prunes after QAT
 FP32_ONNX = "student.fp32.onnx"
@@ -54,6 +54,7 @@ class CompressOptions:
     seed: int | None = None
     run_dir: Path | None = None
     cache_dir: Path | None = None
+    measure_here: bool = False  # time on this machine even when it is not the target's device (labelled)
 
     def resolved_profile(self) -> Profile:
         profile = load_profile(self.profile)
@@ -85,8 +86,9 @@ class CompressResult:
 
 
 def _stage_record(name: str, model: nn.Module | None, output: StageOutput | None, ctx: StageContext,
-                  onnx_path: Path, seconds: float, macs_params: tuple[int, int], label: str) -> dict:
-    target_lat = target_latency(onnx_path, ctx.target, label=f"{label} latency")
+                  onnx_path: Path, seconds: float, macs_params: tuple[int, int]) -> dict:
+    """What belongs to the model: accuracy, size, counts, files. No latency: that belongs to (file,
+    target, machine) and is computed for the run's target when the report is written (_latencies)."""
     acc = output.accuracy if output is not None and output.accuracy is not None else accuracy(model, ctx.data.test)
     return {
         "name": name,
@@ -94,9 +96,6 @@ def _stage_record(name: str, model: nn.Module | None, output: StageOutput | None
         "params": macs_params[1],
         "macs": macs_params[0],
         "size_bytes": onnx_path.stat().st_size,
-        "latency_ms": target_lat.latency.as_dict(),
-        "latency_estimate_ms": target_lat.estimate.as_dict(),
-        "latency_note": target_lat.note,
         "onnx": ctx.run.relative(onnx_path),
         "seconds": round(seconds, 2),
         "details": output.details if output is not None else {},
@@ -113,7 +112,7 @@ def _export_checked(model: nn.Module, ctx: StageContext, path: Path) -> dict:
 
 
 def _teacher_stage(teacher: Teacher, ctx: StageContext) -> dict:
-    fp = fingerprint("teacher", teacher.fingerprint, ctx.target.name, ctx.profile.export)
+    fp = fingerprint("teacher", teacher.fingerprint, ctx.profile.export)
     done = ctx.run.completed("teacher", fp)
     if done is not None:
         return {**done, "resumed": True}
@@ -122,7 +121,7 @@ def _teacher_stage(teacher: Teacher, ctx: StageContext) -> dict:
         started = time.perf_counter()
         path = ctx.run.path("stages/teacher.onnx")
         parity = _export_checked(teacher.model, ctx, path)
-        record = _stage_record("teacher", teacher.model, None, ctx, path, 0.0, count(teacher.model, ctx.example), "teacher")
+        record = _stage_record("teacher", teacher.model, None, ctx, path, 0.0, count(teacher.model, ctx.example))
         record["details"] = {"origin": teacher.origin, "parity": parity, **teacher.details}
         record["seconds"] = round(time.perf_counter() - started, 2)
         ctx.run.mark_done("teacher", fp, record, [path])
@@ -141,7 +140,7 @@ def _run_stages(model: nn.Module, ctx: StageContext, chain_fp: str) -> tuple[nn.
         if done is not None:
             info(f"{stage.name}: complete in {ctx.run.root}, skipped")
             if checkpoint.is_file():
-                model = torch.load(checkpoint, map_location="cpu", weights_only=False)
+                model = checkpoints.load_model(checkpoint, like=model)
             records.append({**done, "resumed": True})
             last_counts = (done["macs"], done["params"])
             chain_fp = fp
@@ -160,9 +159,9 @@ def _run_stages(model: nn.Module, ctx: StageContext, chain_fp: str) -> tuple[nn.
                 parity = _export_checked(output.model, ctx, onnx_path)
                 output.details["parity"] = parity
                 counts = count(output.model, ctx.example)
-                atomic_torch_save(output.model, checkpoint)
+                checkpoints.save_model(output.model, checkpoint)
                 files.append(checkpoint)
-            record = _stage_record(stage.name, output.model, output, ctx, onnx_path, seconds, counts, stage.name)
+            record = _stage_record(stage.name, output.model, output, ctx, onnx_path, seconds, counts)
             ctx.run.mark_done(stage.name, fp, record, [*files, onnx_path])
             ctx.run.path(f"progress/{stage.name}.pt").unlink(missing_ok=True)
         record = distributed.broadcast(record)
@@ -173,10 +172,17 @@ def _run_stages(model: nn.Module, ctx: StageContext, chain_fp: str) -> tuple[nn.
     return model, records
 
 
-def _budget(target: Target, final: dict) -> dict:
+def _budget(target: Target, final: dict, latency: dict, note: str) -> dict:
     from edgekd.measure.budget import budget_verdict
 
-    return budget_verdict(target, final["latency_ms"], final["size_bytes"])
+    return budget_verdict(target, latency, final["size_bytes"], note)
+
+
+def _latencies(ctx: StageContext, records: list[dict], measure_here: bool) -> list[dict]:
+    """Every stage's latency for this run's target on this machine, from its saved ONNX file: so a
+    run resumed with another target reports that target's numbers, never the old one's."""
+    return [{**record, **target_latency(ctx.run.root / record["onnx"], ctx.target, label=f"{record['name']} latency",
+                                        measure_here=measure_here).as_record()} for record in records]
 
 
 def _reference(ctx: StageContext, student_onnx: Path) -> dict:
@@ -201,7 +207,7 @@ def _reference(ctx: StageContext, student_onnx: Path) -> dict:
 def _layers(ctx: StageContext, final: dict, onnx_path: Path) -> list[dict]:
     from edgekd.measure.estimate import estimate_layers
 
-    if final["latency_ms"]["source"] == "measured":
+    if final["latency_ms"]["source"] == "measured":  # on the device, or labelled with --measure-here
         from edgekd.runtimes.onnxruntime import profile_layers
 
         rows = profile_layers(onnx_path, ctx.target.threads, ctx.target.input.batch)
@@ -241,6 +247,7 @@ def _compress(options: CompressOptions) -> CompressResult:
     data = load_data(options.data, profile.data, options.image_size, profile.seed)
     run_dir = Path(options.run_dir)
     run = RunFolder(run_dir)
+    checkpoints.refuse_unsafe(run_dir)  # an older edgekd's pickled modules: refused before any work
     if distributed.is_main():
         run.create()
         atomic_write_json(run.path("options.json"), options.as_dict())
@@ -268,6 +275,7 @@ def _compress(options: CompressOptions) -> CompressResult:
 
 def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, data: DataBundle, seconds: float) -> dict:
     run, target = ctx.run, ctx.target
+    records = _latencies(ctx, records, options.measure_here)
     fp32 = [r for r in records if r["name"] in ("distill", "prune")][-1]
     shutil.copyfile(run.root / fp32["onnx"], run.path(FP32_ONNX))
     artifacts = {"student_fp32_onnx": FP32_ONNX, "student_int8_onnx": None}
@@ -277,27 +285,30 @@ def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, da
     final_onnx = run.root / final["onnx"]
     artifacts.update({f"checkpoint_{r['name']}": f"checkpoints/{r['name']}.pt" for r in records
                       if (run.root / f"checkpoints/{r['name']}.pt").is_file()})
-    budget_record, tensorrt = final, None
+    budget_latency, budget_note, tensorrt = final["latency_ms"], final["latency_note"], None
     if target.runtime is Runtime.TENSORRT and artifacts["student_int8_onnx"]:
         from edgekd.deploy import CHECK_IMAGES, prepare_engine
 
         tensorrt = prepare_engine(run.root, target, final_onnx, ctx.example.numpy())
         artifacts.update({"engine": tensorrt["engine"], "build_script": tensorrt["build_script"],
                           "engine_check_images": CHECK_IMAGES})
-        if tensorrt["engine_latency_ms"] is not None:  # a measured, parity-checked engine: the budget uses it
-            budget_record = {**final, "latency_ms": tensorrt["engine_latency_ms"]}
+        on_device = on_target_device(target)[0]
+        if tensorrt["engine_latency_ms"] is not None and (on_device or options.measure_here):
+            # a measured, parity-checked engine on the device (or labelled): the budget uses it
+            budget_latency, budget_note = tensorrt["engine_latency_ms"], "" if on_device else off_target_label(target)
     report = {
         "edgekd_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "target": {"name": target.name, "runtime": target.runtime.value, "precision": target.precision.value,
                    "activations": target.activation_scheme.value, "batch": target.input.batch,
-                   "threads": target.threads, "machine": target.machine},
+                   "threads": target.threads, "machine": target.machine, "device": target.device.label,
+                   "on_device": on_target_device(target)[0]},
         "profile": ctx.profile.name,
         "dataset": {"name": data.name, "train": len(data.train), "test": len(data.test),
                     "classes": data.classes, "input_shape": list(data.input_shape)},
         "stages": records,
         "student": {"stage": final["name"], "onnx": final["onnx"]},
-        "budget": _budget(target, budget_record),
+        "budget": _budget(target, final, budget_latency, budget_note),
         "tensorrt": tensorrt,
         "reference": _reference(ctx, final_onnx),
         "layers": _layers(ctx, final, final_onnx),

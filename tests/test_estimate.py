@@ -23,6 +23,9 @@ runtime = "onnxruntime-cpu"
 precision = "int8"
 machine = "any"
 
+[device]
+kind = "this-machine"
+
 [budget]
 latency_p50_ms = 1.0
 
