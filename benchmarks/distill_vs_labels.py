@@ -32,10 +32,10 @@ import torch
 from edgekd.config import load_profile
 from edgekd.data import load_data
 from edgekd.losses import CrossEntropyObjective, DistillationObjective
+from edgekd.metrics import count
 from edgekd.models import create_model
 from edgekd.onnx_export import export_onnx
 from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner, measure_side_by_side
-from edgekd.stages.prune import count
 from edgekd.stages.teacher import TeacherSource, default_cache_dir, obtain_teacher
 from edgekd.train import TrainPlan, fit, predict_onnx, seed_everything
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from edgekd.config import load_target
-from edgekd.estimate import estimate_latency
+from edgekd.measure.estimate import estimate_latency
 from edgekd.models import create_model
 from edgekd.onnx_export import export_onnx
 from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner

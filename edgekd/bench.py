@@ -1,8 +1,10 @@
 """`edgekd bench`: one model's latency against one target's budget, outside a pipeline run.
 
-An ONNX file is measured where the target's runtime runs on this machine and estimated (roofline)
-where it does not; a TensorRT engine is measured or refused, never estimated. The budget verdict
-is worded by `budget_verdict`, the same function the pipeline's report uses, so `edgekd bench` on
+An ONNX file is measured where this machine is the target's device (its `[device]` table) and the
+target's runtime runs here, and estimated (roofline) where not; `--measure-here` times it here
+anyway, labelled "measured on <this machine>, not on <target device>". A TensorRT engine is
+measured, estimated from the .onnx beside it, or refused. The budget verdict
+is worded by `edgekd.measure.budget.budget_verdict`, the same function the pipeline's report uses, so `edgekd bench` on
 a run's student agrees with that run's report.
 """
 
@@ -13,7 +15,8 @@ from pathlib import Path
 
 from edgekd.config import Target, load_target
 from edgekd.errors import BadInputError, EnvironmentProblem
-from edgekd.latency import Latency
+from edgekd.measure.budget import budget_verdict
+from edgekd.measure.latency import Latency
 
 
 @dataclass(frozen=True)
@@ -24,29 +27,7 @@ class BenchResult:
     summary: str  # what `edgekd bench` prints: latency, how it was obtained, the verdict
 
 
-def budget_verdict(target: Target, latency: dict, size_bytes: int) -> dict:
-    """The budget record of report.json: which limits hold for this latency record
-    (`Latency.as_dict()`) and file size, and one sentence saying so and on what basis."""
-    limits = {"p50": target.budget_p50_ms, "p99": target.budget.latency_p99_ms}
-    checks = {k: latency[k] <= v for k, v in limits.items() if v is not None}
-    size_mb = size_bytes / 1e6
-    if target.budget.memory_mb is not None:
-        checks["memory"] = size_mb <= target.budget.memory_mb
-    met = all(checks.values())
-    basis = "measured" if latency["source"] == "measured" else "estimated (roofline; confirm on the device with `edgekd bench`)"
-    stated = ", ".join(f"{k} {latency[k]:.3f} ms vs {v:.3f} ms" for k, v in limits.items() if v is not None)
-    return {
-        "latency_ms": {k: v for k, v in limits.items()},
-        "memory_mb": target.budget.memory_mb,
-        "fps": target.budget.fps,
-        "met": met,
-        "checks": checks,
-        "source": latency["source"],
-        "verdict": f"{'MET' if met else 'MISSED'} on {target.name}: {stated}; {basis}",
-    }
-
-
-def bench_model(model: Path, target: str, batch: int | None) -> BenchResult:
+def bench_model(model: Path, target: str, batch: int | None, measure_here: bool = False) -> BenchResult:
     path = Path(model)
     if not path.is_file():
         raise BadInputError(f"model not found: {path}" if not path.exists() else f"{path} is not a file")
@@ -56,40 +37,54 @@ def bench_model(model: Path, target: str, batch: int | None) -> BenchResult:
     spec = load_target(target)
     batch = batch or spec.input.batch
     if suffix == ".engine":
-        latency, estimate, note = _engine_latency(path, spec, batch)
+        latency, estimate, note = _engine_latency(path, spec, batch, measure_here)
     else:
-        from edgekd.verify import target_latency
+        from edgekd.measure.target_latency import target_latency
 
-        measured = target_latency(path, spec, batch, label=f"{path.name} latency")
+        measured = target_latency(path, spec, batch, label=f"{path.name} latency", measure_here=measure_here)
         latency, estimate, note = measured.latency, measured.estimate, measured.note
-    budget = budget_verdict(spec, latency.as_dict(), path.stat().st_size)
+    budget = budget_verdict(spec, latency.as_dict(), path.stat().st_size, note)
     return BenchResult(latency, estimate, budget["met"], _summary(path, spec, latency, estimate, note, budget))
 
 
-def _engine_latency(path: Path, target: Target, batch: int) -> tuple[Latency, Latency | None, str]:
-    """Measured with TensorRT; estimated too when the ONNX file it was built from lies beside it."""
+def _engine_latency(path: Path, target: Target, batch: int, measure_here: bool) -> tuple[Latency, Latency | None, str]:
+    """Measured with TensorRT on the target's device (or anywhere with `measure_here`, labelled);
+    estimated too when the ONNX file it was built from lies beside it."""
+    from edgekd.measure.target_latency import off_target_label, on_target_device
     from edgekd.runtimes.tensorrt import tensorrt_available
 
+    source = path.with_suffix(".onnx")
+    estimate = None
+    if source.is_file():
+        from edgekd.measure.estimate import estimate_latency
+
+        estimate, _ = estimate_latency(source, target, batch)
+    on_device, why = on_target_device(target)
+    if not on_device and not measure_here:
+        if estimate is not None:
+            return estimate, estimate, f"not the target's device: {why} (run there, or pass --measure-here)"
+        raise BadInputError(f"{path}: this machine is not {target.device.label} ({why}); pass --measure-here "
+                            f"to time the engine here anyway, labelled as such")
     available, why = tensorrt_available()
     if not available:
         raise EnvironmentProblem(f"{path}: cannot run a TensorRT engine here: {why}")
     from edgekd.runtimes.tensorrt import TensorRTRunner
 
     latency = TensorRTRunner(path).measure(batch)
-    source = path.with_suffix(".onnx")
-    estimate = None
-    if source.is_file():
-        from edgekd.estimate import estimate_latency
+    return latency, estimate, "" if on_device else off_target_label(target)
 
-        estimate, _ = estimate_latency(source, target, batch)
-    return latency, estimate, ""
+
+def _ms(value: float | None) -> str:
+    return "not estimated" if value is None else f"{value:.3f} ms"
 
 
 def _summary(path: Path, target: Target, latency: Latency, estimate: Latency | None, note: str, budget: dict) -> str:
-    how = (f"measured: {latency.runtime}, {latency.runs} runs" if latency.source == "measured"
-           else f"estimated: {latency.runtime}" + (f"; not measured because {note}" if note else ""))
-    lines = [f"{path} on {target.name}, batch {latency.batch}: p50 {latency.p50:.3f} ms, "
-             f"p90 {latency.p90:.3f} ms, p99 {latency.p99:.3f} ms ({how})"]
+    if latency.source == "measured":
+        how = f"{note or f'measured on {target.device.label}'}: {latency.runtime}, {latency.runs} runs"
+    else:
+        how = f"estimated: {latency.runtime}" + (f"; not measured because {note}" if note else "")
+    lines = [f"{path} on {target.name}, batch {latency.batch}: p50 {_ms(latency.p50)}, "
+             f"p90 {_ms(latency.p90)}, p99 {_ms(latency.p99)} ({how})"]
     if latency.source == "measured" and estimate is not None:
         lines.append(f"roofline estimate beside it: p50 {estimate.p50:.3f} ms "
                      f"(measured / estimated = {latency.p50 / estimate.p50:.2f})")

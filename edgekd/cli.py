@@ -42,6 +42,7 @@ def compress(
     resume: Annotated[Optional[Path], typer.Option(help="Resume this run folder: completed stages are skipped (if their inputs and config are unchanged), an interrupted stage restarts from its last epoch.")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Where the built-in teacher is cached.", envvar="EDGEKD_CACHE_DIR")] = None,
     device: Annotated[Optional[str], typer.Option(help="Where training runs: auto (CUDA when available), cpu, cuda or cuda:N. [default: auto]")] = None,
+    measure_here: Annotated[bool, typer.Option(help="Time every stage on this machine even when it is not the target's device; the report and verdict say 'measured on <this machine>, not on <target device>'.")] = False,
 ) -> None:
     """Run teacher -> distill -> prune -> QAT -> export -> verify, and check the student against the target's budget.
 
@@ -73,6 +74,7 @@ def compress(
         run_dir=run_dir,
         cache_dir=cache_dir,
         device=given["device"] or "auto",
+        measure_here=measure_here,
     )
     result = run_compress(options)
     from edgekd import distributed
@@ -96,12 +98,14 @@ def print_report(report: dict, run_dir: Path) -> None:
             f"{stage['macs'] / 1e6:.2f}M",
             f"{stage['size_bytes'] / 1024:.0f} KiB",
             f"{lat['p50']:.3f}",
-            f"{lat['p99']:.3f}",
-            lat["source"],
+            "not estimated" if lat["p99"] is None else f"{lat['p99']:.3f}",
+            lat["source"] if stage.get("latency_on_target") or lat["source"] != "measured" else "measured off-device",
         )
     out.print(table)
     runtimes = sorted({s["latency_ms"]["runtime"] for s in report["stages"]})
     out.print(f"latency: {'; '.join(runtimes)}; batch {report['target']['batch']}")
+    for note in sorted({s["latency_note"] for s in report["stages"] if s.get("latency_note")}):
+        out.print(f"latency note: {note}", markup=False, highlight=False)
     budget = report["budget"]
     latency_met = all(v for k, v in budget["checks"].items() if k != "accuracy")
     out.print(("[green]" if latency_met else "[red]") + budget["verdict"], highlight=False)
@@ -118,11 +122,11 @@ def targets_list() -> None:
     table = Table()
     for column in ("name", "aliases", "runtime", "precision", "batch", "budget", "measured here?"):
         table.add_column(column)
-    from edgekd.verify import measurable_here
+    from edgekd.measure.target_latency import measurable_here
 
     for t in list_targets():
         budget = ", ".join(f"{k} {v:g}" for k, v in t.budget.model_dump().items() if v is not None)
-        here, why = measurable_here(t)
+        here, why = measurable_here(t)  # on the target's device, with its runtime
         table.add_row(t.name, ", ".join(t.aliases), t.runtime.value, t.precision.value, str(t.input.batch), budget,
                       "yes" if here else f"no: estimated ({why})")
     out.print(table)
@@ -168,11 +172,12 @@ def bench(
     model: Annotated[Path, typer.Argument(help="An ONNX file (or a TensorRT .engine where TensorRT runs).")],
     target: Annotated[str, typer.Option(help="Target name or TOML file.")] = "host-cpu",
     batch: Annotated[Optional[int], typer.Option(help="Batch size. [default: the target's]", min=1)] = None,
+    measure_here: Annotated[bool, typer.Option(help="Time the model on this machine even when it is not the target's device; the verdict says 'measured on <this machine>, not on <target device>'.")] = False,
 ) -> None:
     """Measure (or, where the target is not this machine, estimate) one model's latency against a target's budget."""
     from edgekd.bench import bench_model
 
-    result = bench_model(model, target, batch)
+    result = bench_model(model, target, batch, measure_here)
     out.print(result.summary)
     raise typer.Exit(int(ExitCode.OK if result.met else ExitCode.BUDGET_MISSED))
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-import platform
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -87,6 +86,51 @@ class Hardware(Strict):
     layer_overhead_us: Annotated[float, Field(ge=0)]
 
 
+class TargetDevice(Strict):
+    """Which physical device a target's budget is for: latency counts as measured only on a machine
+    that matches (edgekd.measure.device). Every criterion given must hold; a list holds when any
+    of its entries does (case-insensitive substrings, except CPU flags, which must all be present).
+
+    kind = "this-machine": whatever runs edgekd (host-cpu). kind = "cpu": `arch` plus CPU flags
+    from /proc/cpuinfo (`cpu_flags`, all required) and/or `cpu_model` substrings of its
+    "model name" / "CPU part" / "Hardware" lines. kind = "gpu": a CUDA GPU whose name contains one
+    of `gpu_name` and/or whose compute capability is one of `compute_capability`; `board` substrings
+    of /proc/device-tree/model tell Jetson modules apart (all Orins are sm 8.7 and named "Orin").
+    """
+
+    kind: Literal["this-machine", "cpu", "gpu"]
+    name: str = ""  # how reports name the device, e.g. "Jetson Orin Nano 8GB"
+    arch: Literal["x86_64", "aarch64"] | None = None
+    cpu_flags: list[str] = []
+    cpu_model: list[str] = []
+    gpu_name: list[str] = []
+    compute_capability: list[Annotated[str, Field(pattern=r"^\d+\.\d+$")]] = []
+    board: list[str] = []
+
+    @model_validator(mode="after")
+    def _identifies_a_device(self):
+        cpu_fields = {"arch": self.arch, "cpu_flags": self.cpu_flags, "cpu_model": self.cpu_model}
+        gpu_fields = {"gpu_name": self.gpu_name, "compute_capability": self.compute_capability, "board": self.board}
+        if self.kind == "this-machine":
+            given = [k for k, v in {**cpu_fields, **gpu_fields}.items() if v]
+            if given:
+                raise ValueError(f"kind 'this-machine' takes no {', '.join(given)}")
+        elif self.kind == "cpu":
+            if self.arch is None or not (self.cpu_flags or self.cpu_model):
+                raise ValueError("kind 'cpu' needs arch and cpu_flags or cpu_model (what /proc/cpuinfo shows on it)")
+            if any(gpu_fields.values()):
+                raise ValueError("kind 'cpu' takes no gpu_name, compute_capability or board")
+        elif not (self.gpu_name or self.compute_capability):
+            raise ValueError("kind 'gpu' needs gpu_name or compute_capability")
+        if self.kind != "this-machine" and not self.name:
+            raise ValueError(f"kind '{self.kind}' needs a name (how reports call the device)")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or "this machine"
+
+
 class Target(Strict):
     name: str
     description: str = ""
@@ -94,9 +138,10 @@ class Target(Strict):
     runtime: Runtime
     precision: Precision = Precision.INT8
     activations: ActivationScheme | None = None  # default: symmetric-signed for TensorRT, symmetric on CPUs
-    machine: Literal["any", "x86_64", "aarch64"]  # CPU architecture of the device; "any" = this host
+    machine: Literal["any", "x86_64", "aarch64"]  # CPU architecture of the device's host; "any" = this machine
     threads: PositiveInt = 1  # intra-op threads for ONNX Runtime
     tensorrt_dla: bool = False  # Jetson: the build script offers --useDLACore
+    device: TargetDevice  # the device the budget is for; measured only on a machine that matches it
     input: TargetInput = TargetInput()
     budget: Budget
     # a target may tighten the profile's accuracy budget (points of top-1 against the teacher)
@@ -108,10 +153,6 @@ class Target(Strict):
         if self.activations is not None:
             return self.activations
         return ActivationScheme.SYMMETRIC_SIGNED if self.runtime is Runtime.TENSORRT else ActivationScheme.SYMMETRIC
-
-    @property
-    def is_this_host_architecture(self) -> bool:
-        return self.machine == "any" or platform.machine() == self.machine
 
     @property
     def budget_p50_ms(self) -> float | None:

@@ -17,23 +17,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgekd import __version__, distributed
+from edgekd import __version__, checkpoints, distributed
 from edgekd.config import Profile, Runtime, Target, fingerprint, load_profile, load_target
 from edgekd.data import DataBundle, load_data
 from edgekd.deploy import INT8_ONNX
 from edgekd.errors import EdgekdError, ExitCode, Interrupted
 from edgekd.measure.accuracy import accuracy_floor, accuracy_verdict
+from edgekd.metrics import count
 from edgekd.models import create_model, require_architecture
 from edgekd.onnx_export import check_parity, export_onnx
 from edgekd.progress import info
-from edgekd.runfolder import RunFolder, atomic_torch_save, atomic_write_json
+from edgekd.runfolder import RunFolder, atomic_write_json
 from edgekd.stages import StageContext, StageOutput
 from edgekd.stages.distill import DistillStage
-from edgekd.stages.prune import PruneStage, count
+from edgekd.stages.prune import PruneStage
 from edgekd.stages.quantize import QuantizeStage
 from edgekd.stages.teacher import Teacher, TeacherSource, default_cache_dir, obtain_teacher
 from edgekd.train import predict_onnx
-from edgekd.verify import host_latency, target_latency
+from edgekd.measure.target_latency import host_latency, off_target_label, on_target_device, target_latency
 
 STAGES = (DistillStage(), PruneStage(), QuantizeStage())  # in this order; nothing prunes after QAT
 FP32_ONNX = "student.fp32.onnx"
@@ -57,6 +58,7 @@ class CompressOptions:
     run_dir: Path | None = None
     cache_dir: Path | None = None
     device: str = "auto"  # where training runs: auto (CUDA when available), cpu, cuda, cuda:N
+    measure_here: bool = False  # time on this machine even when it is not the target's device (labelled)
 
     def resolved_profile(self) -> Profile:
         profile = load_profile(self.profile)
@@ -115,13 +117,13 @@ def record_stage(name: str, model: nn.Module, ctx: StageContext, *, precision: s
                  seconds: float, details: dict) -> dict:
     """One record for every stage, the teacher included: export the model, check the export,
     and measure top-1 on the exported file (validation decides, test is reported), so every
-    accuracy in the report is the accuracy of a file that exists."""
+    accuracy in the report is the accuracy of a file that exists. No latency: that belongs to
+    (file, target, machine) and is computed for the run's target when the report is written."""
     from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner
 
     path = ctx.run.path(INT8_ONNX if precision == "int8" else f"stages/{name}.onnx")
     parity = _export_checked(model, ctx, path, precision, name)
     runner = OnnxRuntimeRunner(path, threads=EVAL_THREADS)
-    target_lat = target_latency(path, ctx.target, label=f"{name} latency")
     return {
         "name": name,
         "precision": precision,
@@ -130,9 +132,6 @@ def record_stage(name: str, model: nn.Module, ctx: StageContext, *, precision: s
         "params": counts[1],
         "macs": counts[0],
         "size_bytes": path.stat().st_size,
-        "latency_ms": target_lat.latency.as_dict(),
-        "latency_estimate_ms": target_lat.estimate.as_dict(),
-        "latency_note": target_lat.note,
         "onnx": ctx.run.relative(path),
         "seconds": round(seconds, 2),
         "details": {**details, "parity": parity},
@@ -140,7 +139,7 @@ def record_stage(name: str, model: nn.Module, ctx: StageContext, *, precision: s
 
 
 def _teacher_stage(teacher: Teacher, ctx: StageContext) -> dict:
-    fp = fingerprint("teacher", teacher.fingerprint, ctx.target.name, ctx.profile.export, ctx.data.splits,
+    fp = fingerprint("teacher", teacher.fingerprint, ctx.profile.export, ctx.data.splits,
                      len(ctx.data.val), len(ctx.data.test))
     done = ctx.run.completed("teacher", fp)
     if done is not None:
@@ -167,7 +166,7 @@ def _run_stages(model: nn.Module, ctx: StageContext, chain_fp: str) -> tuple[nn.
         if done is not None:
             info(f"{stage.name}: complete in {ctx.run.root}, skipped")
             if checkpoint.is_file():
-                model = torch.load(checkpoint, map_location="cpu", weights_only=False)
+                model = checkpoints.load_model(checkpoint, like=model)
             records.append({**done, "resumed": True})
             last_counts = (done["macs"], done["params"])
             chain_fp = fp
@@ -184,7 +183,7 @@ def _run_stages(model: nn.Module, ctx: StageContext, chain_fp: str) -> tuple[nn.
                                   seconds=seconds, details=output.details)
             files = [ctx.run.root / record["onnx"]]
             if output.precision == "fp32":
-                atomic_torch_save(output.model, checkpoint)
+                checkpoints.save_model(output.model, checkpoint)
                 files.append(checkpoint)
             ctx.run.mark_done(stage.name, fp, record, files)
             ctx.run.path(f"progress/{stage.name}.pt").unlink(missing_ok=True)
@@ -196,16 +195,23 @@ def _run_stages(model: nn.Module, ctx: StageContext, chain_fp: str) -> tuple[nn.
     return model, records
 
 
-def _budget(ctx: StageContext, records: list[dict], latency_record: dict) -> dict:
+def _budget(ctx: StageContext, records: list[dict], latency: dict, note: str) -> dict:
     """Both budgets, side by side: latency (and memory) on the target, and top-1 against the teacher."""
-    from edgekd.bench import budget_verdict
+    from edgekd.measure.budget import budget_verdict
 
-    budget = budget_verdict(ctx.target, latency_record["latency_ms"], latency_record["size_bytes"])
+    budget = budget_verdict(ctx.target, latency, records[-1]["size_bytes"], note)
     accuracy = accuracy_verdict(records, ctx.profile, ctx.target)
     budget["accuracy"] = accuracy
     budget["checks"]["accuracy"] = accuracy["met"]
     budget["met"] = all(budget["checks"].values())
     return budget
+
+
+def _latencies(ctx: StageContext, records: list[dict], measure_here: bool) -> list[dict]:
+    """Every stage's latency for this run's target on this machine, from its saved ONNX file: so a
+    run resumed with another target reports that target's numbers, never the old one's."""
+    return [{**record, **target_latency(ctx.run.root / record["onnx"], ctx.target, label=f"{record['name']} latency",
+                                        measure_here=measure_here).as_record()} for record in records]
 
 
 def _reference(ctx: StageContext, student_onnx: Path) -> dict:
@@ -228,9 +234,9 @@ def _reference(ctx: StageContext, student_onnx: Path) -> dict:
 
 
 def _layers(ctx: StageContext, final: dict, onnx_path: Path) -> list[dict]:
-    from edgekd.estimate import estimate_layers
+    from edgekd.measure.estimate import estimate_layers
 
-    if final["latency_ms"]["source"] == "measured":
+    if final["latency_ms"]["source"] == "measured":  # on the device, or labelled with --measure-here
         from edgekd.runtimes.onnxruntime import profile_layers
 
         rows = profile_layers(onnx_path, ctx.target.threads, ctx.target.input.batch)
@@ -270,6 +276,7 @@ def _compress(options: CompressOptions) -> CompressResult:
     data = load_data(options.data, profile.data, options.image_size, profile.seed)
     run_dir = Path(options.run_dir)
     run = RunFolder(run_dir)
+    checkpoints.refuse_unsafe(run_dir)  # an older edgekd's pickled modules: refused before any work
     if distributed.is_main():
         run.create()
         atomic_write_json(run.path("options.json"), options.as_dict())
@@ -299,6 +306,7 @@ def _compress(options: CompressOptions) -> CompressResult:
 
 def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, data: DataBundle, seconds: float) -> dict:
     run, target = ctx.run, ctx.target
+    records = _latencies(ctx, records, options.measure_here)
     fp32 = [r for r in records if r["name"] in ("distill", "prune")][-1]
     shutil.copyfile(run.root / fp32["onnx"], run.path(FP32_ONNX))
     artifacts = {"student_fp32_onnx": FP32_ONNX, "student_int8_onnx": None}
@@ -308,28 +316,31 @@ def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, da
     final_onnx = run.root / final["onnx"]
     artifacts.update({f"checkpoint_{r['name']}": f"checkpoints/{r['name']}.pt" for r in records
                       if (run.root / f"checkpoints/{r['name']}.pt").is_file()})
-    budget_record, tensorrt = final, None
+    budget_latency, budget_note, tensorrt = final["latency_ms"], final["latency_note"], None
     if target.runtime is Runtime.TENSORRT and artifacts["student_int8_onnx"]:
         from edgekd.deploy import CHECK_IMAGES, prepare_engine
 
         tensorrt = prepare_engine(run.root, target, final_onnx, ctx.example.numpy())
         artifacts.update({"engine": tensorrt["engine"], "build_script": tensorrt["build_script"],
                           "engine_check_images": CHECK_IMAGES})
-        if tensorrt["engine_latency_ms"] is not None:  # a measured, parity-checked engine: the budget uses it
-            budget_record = {**final, "latency_ms": tensorrt["engine_latency_ms"]}
+        on_device = on_target_device(target)[0]
+        if tensorrt["engine_latency_ms"] is not None and (on_device or options.measure_here):
+            # a measured, parity-checked engine on the device (or labelled): the budget uses it
+            budget_latency, budget_note = tensorrt["engine_latency_ms"], "" if on_device else off_target_label(target)
     report = {
         "edgekd_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "target": {"name": target.name, "runtime": target.runtime.value, "precision": target.precision.value,
                    "activations": target.activation_scheme.value, "batch": target.input.batch,
-                   "threads": target.threads, "machine": target.machine},
+                   "threads": target.threads, "machine": target.machine, "device": target.device.label,
+                   "on_device": on_target_device(target)[0]},
         "profile": ctx.profile.name,
         "training": {"device": str(distributed.device()), "processes": distributed.world_size()},
         "dataset": {"name": data.name, "train": len(data.train), "val": len(data.val), "test": len(data.test),
                     "splits": data.splits, "classes": data.classes, "input_shape": list(data.input_shape)},
         "stages": records,
         "student": {"stage": final["name"], "onnx": final["onnx"]},
-        "budget": _budget(ctx, records, budget_record),
+        "budget": _budget(ctx, records, budget_latency, budget_note),
         "tensorrt": tensorrt,
         "reference": _reference(ctx, final_onnx),
         "layers": _layers(ctx, final, final_onnx),

@@ -275,6 +275,8 @@ def _stage_table(report: dict) -> str:
         else:
             est_cell, ratio = "&ndash;", "&ndash;"
         note = stage.get("latency_note") or ""
+        note = (f"Measured off the target's device: {note}" if measured else f"Estimated, not measured: {note}") \
+            if note else ""
         if note and note not in notes:
             notes.append(note)
         name = _e(stage["name"]) + (' <span class="note">(resumed)</span>' if stage.get("resumed") else "")
@@ -295,7 +297,7 @@ def _stage_table(report: dict) -> str:
     footer = [f"Latency per call at batch {_e(batch)} ({_e('; '.join(runtimes))}); the last row is the "
               "student that ships."
               + (" The estimate is the per-layer roofline for the target, shown beside each measurement." if both else "")]
-    footer += [f"Estimated, not measured: {_e(n)}." for n in notes]
+    footer += [f"{_e(n)}." for n in notes]
     return (f"<table>{head}{''.join(rows)}</table>"
             + "".join(f'<p class="note">{f}</p>' for f in footer))
 

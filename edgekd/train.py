@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from edgekd import distributed
+from edgekd import checkpoints, distributed
 from edgekd.progress import progress_bar
 from edgekd.runfolder import atomic_torch_save
 
@@ -136,7 +136,7 @@ def fit(
     log = TrainLog()
     start = 0
     if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        state = checkpoints.load(checkpoint)  # weights_only=True
         if state.get("fingerprint") == fingerprint and state.get("world_size") == distributed.world_size():
             trainable.load_state_dict(state["trainable"])
             optimizer.load_state_dict(state["optimizer"])

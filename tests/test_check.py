@@ -17,7 +17,7 @@ from edgekd.errors import BadInputError, ExitCode
 from edgekd.models import create_model
 from edgekd.onnx_export import export_onnx
 from edgekd.pipeline import REFERENCE_ARCH
-from edgekd.verify import host_latency
+from edgekd.measure.target_latency import host_latency
 
 INPUT_SHAPE = (1, 28, 28)
 THREADS = 1  # one core: the machine is shared, and the ratio does not need more

@@ -15,13 +15,16 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgekd.config import load_target
 from edgekd.errors import BadInputError
-from edgekd.estimate import estimate_latency, estimate_layers
+from edgekd.measure.estimate import estimate_latency, estimate_layers
 
 TARGET = """
 name = "round-numbers"
 runtime = "onnxruntime-cpu"
 precision = "int8"
 machine = "any"
+
+[device]
+kind = "this-machine"
 
 [budget]
 latency_p50_ms = 1.0

@@ -6,7 +6,8 @@ import torch
 from edgekd.config import PruneConfig
 from edgekd.models import create_model
 from edgekd.onnx_export import check_parity, export_onnx
-from edgekd.stages.prune import count, make_pruner, prune_until
+from edgekd.metrics import count
+from edgekd.stages.prune import make_pruner, prune_until
 
 
 @pytest.mark.parametrize("arch", ["edgekd_cnn", "edgekd_resnet", "resnet18", "mobilenet_v3_small"])

@@ -74,6 +74,9 @@ runtime = "onnxruntime-cpu"
 machine = "any"
 threads = 2
 
+[device]
+kind = "this-machine"
+
 [budget]
 latency_p50_ms = 1.0
 

@@ -1,1 +1,2 @@
-"""What a run is judged by: latency on the target, and accuracy against the teacher."""
+"""What a run is judged by: timing loops (latency), the roofline (estimate), measured-or-estimated
+for a target (target_latency), the latency budget verdict (budget), and the accuracy budget (accuracy)."""

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import BadInputError
-from edgekd.latency import Latency, percentiles, time_calls
+from edgekd.measure.latency import Latency, percentiles, time_calls
+from edgekd.runtimes.base import Runner
 
 
 def session_options(threads: int, optimized_path: Path | None = None, profile_prefix: str | None = None):
@@ -58,7 +59,7 @@ def store_int8_weights(path: Path) -> Path:
     return path
 
 
-class OnnxRuntimeRunner:
+class OnnxRuntimeRunner(Runner):
     """One ONNX Runtime CPU session with the target's thread count."""
 
     def __init__(self, path: Path, threads: int = 1):
@@ -79,16 +80,11 @@ class OnnxRuntimeRunner:
         dims = shape or tuple(d if isinstance(d, int) else 1 for d in self.input_shape[1:])
         return np.random.default_rng(0).standard_normal((batch, *dims)).astype(np.float32)
 
-    def measure(self, batch: int, label: str = "latency", **timing) -> Latency:
-        images = self.example_input(batch)
-        samples = time_calls(lambda: self.run(images), label=f"{label} (batch {batch})", **timing)
-        p50, p90, p99 = percentiles(samples)
-        return Latency(p50, p90, p99, "measured", self.description, batch, len(samples))
 
 
 def measure_side_by_side(paths: dict[str, Path], threads: int, batches: tuple[int, ...], timing: dict,
                          rounds: int) -> dict[str, dict[int, Latency]]:
-    """OnnxRuntimeRunner.measure's loop (example_input, run, time_calls, percentiles), interleaved:
+    """Runner.measure's loop (example_input, run, time_calls, percentiles), interleaved:
     every round times each model in turn, starting one model later each round, and the samples of
     all rounds are pooled, so a noisy spell on the host lands on all models rather than one."""
     runners = {name: OnnxRuntimeRunner(path, threads) for name, path in paths.items()}

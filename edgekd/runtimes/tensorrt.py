@@ -19,8 +19,8 @@ import numpy as np
 
 from edgekd.config import Target
 from edgekd.errors import BadInputError, EdgekdError, EnvironmentProblem
-from edgekd.latency import Latency, percentiles, time_calls
 from edgekd.runfolder import atomic_write_bytes, atomic_write_json, sha256
+from edgekd.runtimes.base import Runner
 
 DLA_CORE_ENV = "EDGEKD_DLA_CORE"
 
@@ -190,7 +190,7 @@ def build_engine(onnx_path: Path, engine_path: Path, target: Target, workspace_m
     return info
 
 
-class TensorRTRunner:
+class TensorRTRunner(Runner):
     """One engine, one execution context, one CUDA stream, and pinned host and device buffers sized
     for the engine's largest batch. `run` is timed end to end (copy in, execute, copy out), as an
     application on the device would see it."""
@@ -270,8 +270,3 @@ class TensorRTRunner:
     def example_input(self, batch: int) -> np.ndarray:
         return np.random.default_rng(0).standard_normal((batch, *self.input_shape)).astype(self.input_dtype)
 
-    def measure(self, batch: int, label: str = "latency", **timing) -> Latency:
-        images = self.example_input(batch)
-        samples = time_calls(lambda: self.run(images), label=f"{label} (batch {batch})", **timing)
-        p50, p90, p99 = percentiles(samples)
-        return Latency(p50, p90, p99, "measured", self.description, batch, len(samples))

@@ -8,22 +8,14 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgekd import distributed
+from edgekd import checkpoints, distributed
 from edgekd.config import Profile, PruneConfig, Target
 from edgekd.errors import BadInputError
 from edgekd.losses import DistillationObjective
+from edgekd.metrics import count
 from edgekd.runfolder import atomic_torch_save
 from edgekd.stages import StageContext, StageOutput
 from edgekd.train import TrainPlan, fit
-
-
-def count(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
-    """(MACs, parameters) of one image through `model`."""
-    was_training = model.training
-    model.eval()
-    macs, params = tp.utils.count_ops_and_params(model, example[:1])
-    model.train(was_training)
-    return int(macs), int(params)
 
 
 def _importance(name: str):
@@ -93,9 +85,10 @@ class PruneStage:
         first_step, losses = 0, []
         progress = ctx.progress(self.name)
         if progress.is_file():  # a killed run: continue after the last recovered step
-            state = torch.load(progress, map_location="cpu", weights_only=False)
+            state = checkpoints.load(progress)  # weights_only=True
             if state.get("fingerprint") == ctx.fingerprint:
-                model, first_step, losses = state["model"], state["step"] + 1, state["losses"]
+                model = checkpoints.restore(state["model"], like=model, source=str(progress))
+                first_step, losses = state["step"] + 1, state["losses"]
                 macs_before, params_before = state["macs_before"], state["params_before"]
         model.eval()
         remaining = cfg.steps - first_step
@@ -123,7 +116,7 @@ class PruneStage:
             log = fit(model, objective, ctx.data.train, plan, label=f"prune {step + 1}/{cfg.steps} recover")
             losses.extend(log.epoch_losses)
             if distributed.is_main():
-                atomic_torch_save({"fingerprint": ctx.fingerprint, "model": model, "step": step, "losses": losses,
+                atomic_torch_save({"fingerprint": ctx.fingerprint, "model": checkpoints.model_payload(model), "step": step, "losses": losses,
                                    "macs_before": macs_before, "params_before": params_before}, progress)
             distributed.barrier()
         macs_after, params_after = count(model, example)

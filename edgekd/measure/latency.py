@@ -14,8 +14,8 @@ from edgekd.progress import progress_bar
 @dataclass(frozen=True)
 class Latency:
     p50: float
-    p90: float
-    p99: float
+    p90: float | None  # None for an estimate: a roofline gives a typical time, not a tail
+    p99: float | None
     source: str  # "measured" or "estimated"
     runtime: str  # e.g. "onnxruntime-cpu 1.22 (2 threads)", "roofline: jetson-orin-nano int8"
     batch: int

@@ -4,7 +4,8 @@ For each layer: time = max(2 * MACs / peak ops of its precision, bytes moved / b
 + the target's per-layer overhead; the model's latency is the sum. Quantize/dequantize pairs,
 reshapes and activations that runtimes fuse into the preceding layer cost nothing. A layer runs
 in INT8 when its input comes from a DequantizeLinear (a QDQ graph), else in the target's float
-precision. It is an estimate: the report says so, and `benchmarks/estimator.py` measures how far
+precision. It is an estimate of the typical (p50) time only, with p90/p99 left null: the report
+says so, and `benchmarks/estimator.py` measures how far
 it is from ONNX Runtime on this host.
 """
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from edgekd.config import Precision, Runtime, Target
 from edgekd.errors import BadInputError
-from edgekd.latency import Latency
+from edgekd.measure.latency import Latency
 
 FREE_OPS = {
     "QuantizeLinear", "DequantizeLinear", "Identity", "Flatten", "Reshape", "Shape", "Constant",
@@ -111,4 +112,7 @@ def estimate_latency(path: Path, target: Target, batch: int | None = None) -> tu
     layers = estimate_layers(path, target, batch)
     total = sum(layer.ms for layer in layers)
     runtime = f"roofline estimate for {target.name} ({target.runtime.value}, {target.precision.value})"
-    return Latency(total, total, total, "estimated", runtime, batch, 0), layers
+    # p50 only: a roofline models the steady state, not the tail (scheduler preemption, DVFS,
+    # thermal throttling, cache contention), and no source gives a p99/p50 factor that holds across
+    # these devices. So p90/p99 stay None and the verdict marks the p99 check "not estimated".
+    return Latency(total, None, None, "estimated", runtime, batch, 0), layers

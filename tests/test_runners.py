@@ -1,0 +1,80 @@
+"""One test template for every runtime's Runner (edgekd.runtimes.base): each runner loads the
+same small ONNX student, runs a batch, makes a deterministic example input and times itself.
+
+Subclasses only say how to build their runner. ONNX Runtime runs everywhere; the TensorRT
+instance needs TensorRT and a CUDA GPU and is skipped elsewhere with tensorrt_available()'s reason.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgekd.models import create_model
+from edgekd.onnx_export import export_onnx
+from edgekd.runtimes.base import Runner
+
+
+@pytest.fixture(scope="module")
+def student_onnx(test_images, tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model("edgekd_cnn", 10, (1, 28, 28), 0.5).eval()
+    path = tmp_path_factory.mktemp("runner") / "student.onnx"
+    return export_onnx(model, test_images[:8], path)
+
+
+class RunnerTemplate:
+    """Subclass and implement `make(student_onnx, tmp_path)` -> Runner."""
+
+    batch = 4
+
+    def make(self, student_onnx, tmp_path) -> Runner:
+        raise NotImplementedError
+
+    def test_is_a_runner_that_names_its_file_and_runtime(self, student_onnx, tmp_path):
+        runner = self.make(student_onnx, tmp_path)
+        assert isinstance(runner, Runner)
+        assert runner.path.is_file()
+        assert runner.description
+
+    def test_example_input_is_deterministic_and_shaped(self, student_onnx, tmp_path):
+        runner = self.make(student_onnx, tmp_path)
+        a, b = runner.example_input(self.batch), runner.example_input(self.batch)
+        assert a.shape == (self.batch, 1, 28, 28)
+        np.testing.assert_array_equal(a, b)
+
+    def test_run_gives_one_logit_row_per_image(self, student_onnx, tmp_path, test_images):
+        runner = self.make(student_onnx, tmp_path)
+        logits = runner.run(test_images[: self.batch].numpy())
+        assert logits.shape == (self.batch, 10)
+        assert np.isfinite(logits).all()
+
+    def test_measure_times_the_requested_batch(self, student_onnx, tmp_path):
+        runner = self.make(student_onnx, tmp_path)
+        latency = runner.measure(self.batch, label="template", warmup=2, min_runs=10, max_runs=20)
+        assert latency.source == "measured" and latency.batch == self.batch
+        assert latency.runtime == runner.description
+        assert 10 <= latency.runs <= 20
+        assert 0 < latency.p50 <= latency.p90 <= latency.p99
+
+
+class TestOnnxRuntimeRunner(RunnerTemplate):
+    def make(self, student_onnx, tmp_path):
+        from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner
+
+        return OnnxRuntimeRunner(student_onnx, threads=1)
+
+
+@pytest.mark.tensorrt
+class TestTensorRTRunner(RunnerTemplate):
+    def make(self, student_onnx, tmp_path):
+        from edgekd.runtimes.tensorrt import TensorRTRunner, build_engine, tensorrt_available
+        from edgekd.config import load_target
+
+        available, why = tensorrt_available()
+        if not available:
+            pytest.skip(f"TensorRT runner not tested here: {why}")
+        engine = tmp_path / "student.engine"
+        build_engine(student_onnx, engine, load_target("server-gpu"), workspace_mb=256)
+        return TensorRTRunner(engine)
