@@ -1,0 +1,150 @@
+"""A user's own data: the default profile on class-sorted ImageFolder trees it was not tuned on.
+
+For each tree size (Fashion-MNIST PNGs written class by class as `train/` + `val/`; edgekd reads
+`val/` as the reported test split and carves its validation split from `train/`) and each seed,
+run the real `edgekd compress --target host-cpu` and record: the teacher's test top-1, the INT8
+student's gap to its teacher (validation, which the budget judges, and test, which is reported),
+the exit code and the verdict lines. A label-only reference of the teacher's architecture, trained
+three times as long on the same training split (seed 0), shows how far the teacher is from what
+its architecture reaches on that data.
+
+The promise under test: every row is within the 1-point accuracy budget, or exited 3 saying so;
+no row exits 0 with a larger gap.
+
+    python benchmarks/own_data.py                      # 2,000 / 5,000 / 10,000 images, seeds 0 1 2
+    python benchmarks/own_data.py --sizes 2000 --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.fixtures import write_image_folder  # noqa: E402
+
+OUT = REPO / "benchmarks" / "out" / "own_data"
+
+
+def compress(data: Path, seed: int, run_dir: Path, cache: Path) -> dict:
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "edgekd", "compress", "--target", "host-cpu", "--data", str(data),
+         "--image-size", "28", "--seed", str(seed), "--run-dir", str(run_dir), "--cache-dir", str(cache)],
+        capture_output=True, text=True, env={**os.environ, "EDGEKD_QUIET": "1"})
+    seconds = time.perf_counter() - started
+    report_path = run_dir / "report.json"
+    if not report_path.is_file():
+        return {"seed": seed, "exit": done.returncode, "error": done.stderr.strip().splitlines()[-1:], "seconds": seconds}
+    report = json.loads(report_path.read_text())
+    stages = {s["name"]: s for s in report["stages"]}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout
+    teacher, student = stages["teacher"], report["stages"][-1]
+    return {
+        "seed": seed,
+        "commit": commit.strip(),
+        "exit": done.returncode,
+        "seconds": round(seconds, 1),
+        "teacher_test": teacher["accuracy"],
+        "teacher_val": teacher["val_accuracy"],
+        "stages_test": {n: s["accuracy"] for n, s in stages.items()},
+        "stages_val": {n: s["val_accuracy"] for n, s in stages.items()},
+        "student_test": student["accuracy"],
+        "student_val": student["val_accuracy"],
+        "gap_val_points": 100 * (teacher["val_accuracy"] - student["val_accuracy"]),
+        "gap_test_points": 100 * (teacher["accuracy"] - student["accuracy"]),
+        "macs": {n: s["macs"] for n, s in stages.items()},
+        "accuracy_verdict": report["budget"]["accuracy"]["verdict"],
+        "latency_verdict": report["budget"]["verdict"],
+        "budget_met": report["budget"]["met"],
+    }
+
+
+def label_only_reference(data: Path, seed: int) -> dict:
+    """The teacher's architecture and augmentation on labels alone, 3x the teacher's steps,
+    on the same training split: how good the teacher could be on this data."""
+    from edgekd.config import load_profile
+    from edgekd.data import augmentations, load_data
+    from edgekd.losses import CrossEntropyObjective
+    from edgekd.models import create_model
+    from edgekd.train import TrainPlan, accuracy, fit
+
+    profile = load_profile("default")
+    bundle = load_data(str(data), profile.data, 28, seed)
+    cfg = profile.teacher
+    import torch
+
+    torch.manual_seed(seed)
+    model = create_model(cfg.arch, bundle.num_classes, bundle.input_shape, cfg.width)
+    plan = TrainPlan(epochs=3 * cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                     batch_size=profile.data.batch_size, seed=seed, augment=augmentations(profile.data, bundle),
+                     fast_math=True, min_steps=3 * cfg.min_steps)
+    started = time.perf_counter()
+    fit(model, CrossEntropyObjective(), bundle.train, plan, label="label-only reference")
+    return {"seed": seed, "val": accuracy(model, bundle.val), "test": accuracy(model, bundle.test),
+            "steps_x": 3, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 5000, 10000])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--no-reference", action="store_true")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    results_path = OUT / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    for size in args.sizes:
+        data = OUT / f"fashion-{size}"
+        if not (data / "train").is_dir():
+            write_image_folder(data, size, layout="train_val")
+        entry = results.setdefault(str(size), {"runs": {}, "reference": None})
+        for seed in args.seeds:
+            if str(seed) in entry["runs"]:
+                continue
+            row = compress(data, seed, OUT / f"run-{size}-{seed}", OUT / "cache")
+            entry["runs"][str(seed)] = row
+            results_path.write_text(json.dumps(results, indent=2))
+            print(json.dumps({"size": size, **{k: row.get(k) for k in
+                                               ("seed", "exit", "teacher_test", "student_test", "gap_val_points",
+                                                "gap_test_points", "seconds")}}), flush=True)
+        if not args.no_reference and entry["reference"] is None:
+            entry["reference"] = label_only_reference(data, 0)
+            results_path.write_text(json.dumps(results, indent=2))
+            print(json.dumps({"size": size, "reference": entry["reference"]}), flush=True)
+    print(table(results))
+
+
+def table(results: dict) -> str:
+    lines = ["| images | seed | teacher test % | label-only ref. test % (seed 0, 3x steps) | INT8 student test % "
+             "| gap val (points) | gap test (points) | exit | accuracy verdict |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    broken = []
+    for size, entry in sorted(results.items(), key=lambda kv: int(kv[0])):
+        ref = entry.get("reference")
+        for seed, row in sorted(entry["runs"].items()):
+            if "error" in row:
+                lines.append(f"| {size} | {seed} | | | | | | {row['exit']} | {row['error']} |")
+                continue
+            verdict = row["accuracy_verdict"].split(":")[0]
+            reference = f"{100 * ref['test']:.2f}" if ref else ""
+            lines.append(f"| {size} | {seed} | {100 * row['teacher_test']:.2f} | {reference} | "
+                         f"{100 * row['student_test']:.2f} | {row['gap_val_points']:.2f} | "
+                         f"{row['gap_test_points']:.2f} | {row['exit']} | {verdict} |")
+            if row["exit"] == 0 and row["gap_val_points"] > 1.0 + 1e-9:
+                broken.append(f"{size}/{seed}")
+    lines.append("")
+    lines.append("PROMISE BROKEN: exit 0 with a gap over budget in " + ", ".join(broken) if broken
+                 else "every row: within the 1-point budget (validation), or exit 3 saying which budget it missed: PASS")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
