@@ -22,6 +22,17 @@ class BenchResult:
     estimate: Latency | None  # the roofline; None only for an engine with no .onnx beside it
     met: bool
     summary: str  # what `edgekd bench` prints: latency, how it was obtained, the verdict
+    model: str = ""  # the file measured
+    target: str = ""  # the target's name
+    note: str = ""  # why the latency is an estimate, when it is one
+    budget: dict | None = None  # budget_verdict(...): limits, checks, verdict
+
+    def as_dict(self) -> dict:
+        """`edgekd bench --json` (keys in the README)."""
+        return {"model": self.model, "target": self.target, "batch": self.latency.batch, "met": self.met,
+                "latency_ms": self.latency.as_dict(),
+                "latency_estimate_ms": self.estimate.as_dict() if self.estimate is not None else None,
+                "latency_note": self.note, "budget": self.budget}
 
 
 def budget_verdict(target: Target, latency: dict, size_bytes: int) -> dict:
@@ -63,7 +74,8 @@ def bench_model(model: Path, target: str, batch: int | None) -> BenchResult:
         measured = target_latency(path, spec, batch, label=f"{path.name} latency")
         latency, estimate, note = measured.latency, measured.estimate, measured.note
     budget = budget_verdict(spec, latency.as_dict(), path.stat().st_size)
-    return BenchResult(latency, estimate, budget["met"], _summary(path, spec, latency, estimate, note, budget))
+    return BenchResult(latency, estimate, budget["met"], _summary(path, spec, latency, estimate, note, budget),
+                       model=str(path), target=spec.name, note=note, budget=budget)
 
 
 def _engine_latency(path: Path, target: Target, batch: int) -> tuple[Latency, Latency | None, str]:

@@ -285,6 +285,10 @@ def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, da
                           "engine_check_images": CHECK_IMAGES})
         if tensorrt["engine_latency_ms"] is not None:  # a measured, parity-checked engine: the budget uses it
             budget_record = {**final, "latency_ms": tensorrt["engine_latency_ms"]}
+    from edgekd.export.ort_format import write_ort_format  # mobile targets: student.int8.ort, checked
+
+    ort_format = write_ort_format(run.root, target, artifacts["student_int8_onnx"], ctx.example.numpy(), ctx.profile.export)
+    artifacts["student_int8_ort"] = ort_format["file"] if ort_format else None
     report = {
         "edgekd_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -298,6 +302,7 @@ def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, da
         "student": {"stage": final["name"], "onnx": final["onnx"]},
         "budget": _budget(target, budget_record),
         "tensorrt": tensorrt,
+        "ort_format": ort_format,
         "reference": _reference(ctx, final_onnx),
         "layers": _layers(ctx, final, final_onnx),
         "artifacts": artifacts,
