@@ -249,7 +249,8 @@ def run(argv: list[str] | None = None) -> int:
         return done.exit_code
     except typer.TyperException as error:  # usage errors: unknown option, bad value
         message = error.format_message() if hasattr(error, "format_message") else str(error)
-        err.print(f"edgekd: error: {message}", highlight=False, soft_wrap=True, markup=False)
+        if message.strip():  # no arguments: the help was printed, and there is nothing to add
+            err.print(f"edgekd: error: {message}", highlight=False, soft_wrap=True, markup=False)
         return int(ExitCode.BAD_INPUT)
 
 

@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import pty
+import re
 import shutil
 import struct
 import subprocess
@@ -53,7 +54,8 @@ def _in_terminal(*args: str, columns: int = 80) -> str:
         chunks.append(chunk)
     os.close(leader)
     assert done.returncode == 0, done.stderr
-    return b"".join(chunks).decode().replace("\r\n", "\n")
+    text = b"".join(chunks).decode().replace("\r\n", "\n")
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)  # bold header: what the eye sees is the text without escapes
 
 
 @pytest.mark.parametrize("kind", LISTINGS)
