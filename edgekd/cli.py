@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 from pathlib import Path
@@ -91,7 +92,8 @@ def compress(
         run_dir=run_dir,
         cache_dir=cache_dir,
     )
-    result = run_compress(options)
+    with contextlib.redirect_stdout(sys.stderr):  # libraries' progress (NNCF's bars) is not the result
+        result = run_compress(options)
     from edgekd import distributed
 
     if distributed.is_main():

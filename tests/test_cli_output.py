@@ -167,6 +167,7 @@ def test_json_error_leaves_stdout_empty():
 def test_compress_table_in_a_pipe_fits_80_columns(smoke_run):
     _, report, done = smoke_run  # conftest captured `edgekd compress` through a pipe
     lines = done.stdout.splitlines()
+    assert lines[0] == "edgekd: smoke profile -> host-cpu"  # stdout is the result alone: no library's progress
     assert max(len(line) for line in lines) <= 80, done.stdout
     assert not BOX_DRAWING & set(done.stdout), done.stdout
     rows = [line.split() for line in lines if line.split() and line.split()[0].rstrip("*") in
