@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from rich import box as rich_box
 from rich.console import Console
 from rich.table import Table
 
-from edgekd.config import Profile, Target
+if TYPE_CHECKING:  # `edgekd --version` and `--help` need no pydantic models
+    from edgekd.config import Profile, Target
 
 
 def console() -> Console:

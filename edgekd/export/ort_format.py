@@ -4,9 +4,9 @@ ONNX Runtime Mobile (the Android/iOS packages and reduced-size builds) loads the
 FlatBuffers file with the graph already optimised. Runs for an `onnxruntime-cpu` target on
 `aarch64` (a phone, `mobile-cpu`) write it beside `student.int8.onnx`, converted by ONNX Runtime's
 own converter (`onnxruntime.tools.convert_onnx_models_to_ort`, the Python API of
-`python -m onnxruntime.tools.convert_onnx_models_to_ort`) with the settings its documentation gives
-for an Arm CPU: optimisation style "Fixed" (optimised now, nothing replayed at load) and target
-platform "arm" (no x86-only NCHWc layout; INT8 QDQ kept signed-capable). The file is then checked,
+`python -m onnxruntime.tools.convert_onnx_models_to_ort`) with the settings its help gives for an
+Arm CPU without NNAPI/CoreML: optimisation style "Fixed" (optimised now, nothing replayed at load)
+and target platform "arm" (no x86-only NCHWc layout; signed INT8 QDQ allowed). The file is then checked,
 not assumed: it is loaded in ONNX Runtime and run on the example batch beside the ONNX student, and
 must give the same top-1 on every image and logits within the profile's `export.int8_atol`.
 """
