@@ -25,6 +25,17 @@ class BenchResult:
     estimate: Latency | None  # the roofline; None only for an engine with no .onnx beside it
     met: bool
     summary: str  # what `edgekd bench` prints: latency, how it was obtained, the verdict
+    model: str = ""  # the file measured
+    target: str = ""  # the target's name
+    note: str = ""  # why the latency is an estimate, when it is one
+    budget: dict | None = None  # budget_verdict(...): limits, checks, verdict
+
+    def as_dict(self) -> dict:
+        """`edgekd bench --json` (keys in the README)."""
+        return {"model": self.model, "target": self.target, "batch": self.latency.batch, "met": self.met,
+                "latency_ms": self.latency.as_dict(),
+                "latency_estimate_ms": self.estimate.as_dict() if self.estimate is not None else None,
+                "latency_note": self.note, "budget": self.budget}
 
 
 def bench_model(model: Path, target: str, batch: int | None, measure_here: bool = False) -> BenchResult:
@@ -44,7 +55,8 @@ def bench_model(model: Path, target: str, batch: int | None, measure_here: bool 
         measured = target_latency(path, spec, batch, label=f"{path.name} latency", measure_here=measure_here)
         latency, estimate, note = measured.latency, measured.estimate, measured.note
     budget = budget_verdict(spec, latency.as_dict(), path.stat().st_size, note)
-    return BenchResult(latency, estimate, budget["met"], _summary(path, spec, latency, estimate, note, budget))
+    return BenchResult(latency, estimate, budget["met"], _summary(path, spec, latency, estimate, note, budget),
+                       model=str(path), target=spec.name, note=note, budget=budget)
 
 
 def _engine_latency(path: Path, target: Target, batch: int, measure_here: bool) -> tuple[Latency, Latency | None, str]:

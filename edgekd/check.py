@@ -18,6 +18,10 @@ from edgekd.errors import BadInputError
 class GateResult:
     ok: bool
     lines: list[str]  # one per check, with the numbers that moved, then the overall verdict
+    figures: dict | None = None  # the same as data: `edgekd check --json` (keys in the README)
+
+    def as_dict(self) -> dict:
+        return {"ok": self.ok, **(self.figures or {}), "lines": self.lines}
 
 
 def _number(report: dict, name: str, *keys: str | int) -> float:
@@ -65,10 +69,19 @@ def compare(report: dict, baseline: dict, tolerance: float, accuracy_tolerance: 
                  f"({100 * (new_accuracy - old_accuracy):+.2f} points, tolerance {100 * accuracy_tolerance:.2f} points): "
                  f"{'ok' if accuracy_ok else 'REGRESSION'}")
 
-    lines += _comparability_notes(report, baseline)
+    notes = _comparability_notes(report, baseline)
+    lines += notes
     ok = latency_ok and accuracy_ok
     lines.append("PASS" if ok else "FAIL: slower or less accurate than the baseline")
-    return GateResult(ok, lines)
+    figures = {
+        "report": report_name, "baseline": baseline_name,
+        "latency": {"baseline": old_latency, "current": new_latency, "change": growth, "tolerance": tolerance,
+                    "ok": latency_ok},
+        "accuracy": {"baseline": old_accuracy, "current": new_accuracy, "change": new_accuracy - old_accuracy,
+                     "tolerance": accuracy_tolerance, "ok": accuracy_ok},
+        "notes": notes,
+    }
+    return GateResult(ok, lines, figures)
 
 
 def _comparability_notes(report: dict, baseline: dict) -> list[str]:

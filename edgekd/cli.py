@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 from pathlib import Path
@@ -9,8 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from edgekd import listing
 from edgekd.errors import EdgekdError, ExitCode
 
 app = typer.Typer(
@@ -23,7 +24,26 @@ targets_app = typer.Typer(help="Hardware targets (targets/*.toml): runtimes, bud
 profiles_app = typer.Typer(help="Compression recipes (profiles/*.toml).", no_args_is_help=True)
 app.add_typer(targets_app, name="targets")
 app.add_typer(profiles_app, name="profiles")
-out = Console()
+out = listing.console()
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (keys in the README) instead of text.")]
+BoxFlag = Annotated[Optional[bool], typer.Option("--box/--no-box", help="Rule under the table header. [default: on a terminal, not in a pipe]")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from edgekd import __version__
+
+        out.print(f"edgekd {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", callback=_version,
+                                          is_eager=True)] = False,
+) -> None:
+    """Distil, prune and quantize an image classifier into an INT8 model that fits an edge device's budget."""
 
 
 @app.command()
@@ -76,7 +96,8 @@ def compress(
         device=given["device"] or "auto",
         measure_here=measure_here,
     )
-    result = run_compress(options)
+    with contextlib.redirect_stdout(sys.stderr):  # libraries' progress (NNCF's bars) is not the result
+        result = run_compress(options)
     from edgekd import distributed
 
     if distributed.is_main():
@@ -85,25 +106,14 @@ def compress(
     raise typer.Exit(int(result.exit_code))
 
 
-def print_report(report: dict, run_dir: Path) -> None:
-    table = Table(title=f"edgekd: {report['profile']} profile -> {report['target']['name']}")
-    for column in ("stage", "top-1", "params", "MACs", "size", "p50 ms", "p99 ms", "latency"):
-        table.add_column(column, justify="left" if column in ("stage", "latency") else "right")
-    for stage in report["stages"]:
-        lat = stage["latency_ms"]
-        table.add_row(
-            stage["name"] + (" (resumed)" if stage.get("resumed") else ""),
-            f"{100 * stage['accuracy']:.2f}%",
-            f"{stage['params']:,}",
-            f"{stage['macs'] / 1e6:.2f}M",
-            f"{stage['size_bytes'] / 1024:.0f} KiB",
-            f"{lat['p50']:.3f}",
-            "not estimated" if lat["p99"] is None else f"{lat['p99']:.3f}",
-            lat["source"] if stage.get("latency_on_target") or lat["source"] != "measured" else "measured off-device",
-        )
-    out.print(table)
+def print_report(report: dict, run_dir: Path, boxed: bool | None = None) -> None:
+    table, notes = listing.stage_table(report, listing.wants_box(out, boxed))
+    out.print(f"edgekd: {report['profile']} profile -> {report['target']['name']}", highlight=False)
+    listing.print_table(out, table)
+    for note in notes:
+        out.print(note, highlight=False)
     runtimes = sorted({s["latency_ms"]["runtime"] for s in report["stages"]})
-    out.print(f"latency: {'; '.join(runtimes)}; batch {report['target']['batch']}")
+    out.print(f"latency: {'; '.join(runtimes)}; batch {report['target']['batch']}", highlight=False)
     for note in sorted({s["latency_note"] for s in report["stages"] if s.get("latency_note")}):
         out.print(f"latency note: {note}", markup=False, highlight=False)
     budget = report["budget"]
@@ -111,60 +121,58 @@ def print_report(report: dict, run_dir: Path) -> None:
     out.print(("[green]" if latency_met else "[red]") + budget["verdict"], highlight=False)
     if "accuracy" in budget:
         out.print(("[green]" if budget["accuracy"]["met"] else "[red]") + budget["accuracy"]["verdict"], highlight=False)
-    out.print(f"run folder: {run_dir}  (open {run_dir / 'report.html'})")
+    out.print(f"run folder: {run_dir}  (open {run_dir / 'report.html'})", highlight=False)
 
 
 @targets_app.command("list")
-def targets_list() -> None:
-    """List the hardware targets."""
+def targets_list(as_json: JsonFlag = False, box: BoxFlag = None) -> None:
+    """List the hardware targets (`show NAME` for every field, and why one is estimated here)."""
     from edgekd.config import list_targets
 
-    table = Table()
-    for column in ("name", "aliases", "runtime", "precision", "batch", "budget", "measured here?"):
-        table.add_column(column)
-    from edgekd.measure.target_latency import measurable_here
-
-    for t in list_targets():
-        budget = ", ".join(f"{k} {v:g}" for k, v in t.budget.model_dump().items() if v is not None)
-        here, why = measurable_here(t)  # on the target's device, with its runtime
-        table.add_row(t.name, ", ".join(t.aliases), t.runtime.value, t.precision.value, str(t.input.batch), budget,
-                      "yes" if here else f"no: estimated ({why})")
-    out.print(table)
+    targets = list_targets()
+    if as_json:
+        listing.emit_json({"targets": [listing.target_json(t) for t in targets]})
+        return
+    table, notes = listing.targets_table(targets, listing.wants_box(out, box))
+    listing.print_table(out, table)
+    for note in notes:
+        out.print(note, highlight=False)
 
 
 @targets_app.command("show")
-def targets_show(name: str) -> None:
-    """Show one target's validated fields."""
-    import json
-
+def targets_show(name: str, as_json: JsonFlag = False) -> None:
+    """Show one target's validated fields, and whether its latency is measured on this machine."""
     from edgekd.config import load_target
 
-    out.print_json(json.dumps(load_target(name).model_dump(mode="json")))
+    _show(listing.target_json(load_target(name)), as_json)
 
 
 @profiles_app.command("list")
-def profiles_list() -> None:
-    """List the compression recipes."""
+def profiles_list(as_json: JsonFlag = False, box: BoxFlag = None) -> None:
+    """List the compression recipes (`show NAME` for the description and every field)."""
     from edgekd.config import list_profiles
 
-    table = Table()
-    for column in ("name", "student", "distill epochs", "prune", "quantize", "description"):
-        table.add_column(column)
-    for p in list_profiles():
-        prune = f"{p.prune.ratio:g} by {p.prune.by}" if p.prune.enabled else "off"
-        quant = f"{p.quantize.method} ({p.quantize.epochs} ep)" if p.quantize.enabled else "off"
-        table.add_row(p.name, f"{p.student.arch} x{p.student.width:g}", str(p.distill.epochs), prune, quant, p.description)
-    out.print(table)
+    profiles = list_profiles()
+    if as_json:
+        listing.emit_json({"profiles": [listing.profile_json(p) for p in profiles]})
+        return
+    listing.print_table(out, listing.profiles_table(profiles, listing.wants_box(out, box)))
 
 
 @profiles_app.command("show")
-def profiles_show(name: str) -> None:
+def profiles_show(name: str, as_json: JsonFlag = False) -> None:
     """Show one profile's validated fields, defaults filled in."""
-    import json
-
     from edgekd.config import load_profile
 
-    out.print_json(json.dumps(load_profile(name).model_dump(mode="json")))
+    _show(listing.profile_json(load_profile(name)), as_json)
+
+
+def _show(fields: dict, as_json: bool) -> None:
+    if as_json:
+        listing.emit_json(fields)
+        return
+    for line in listing.field_lines(fields):
+        out.print(line, highlight=False, markup=False)
 
 
 @app.command()
@@ -173,12 +181,16 @@ def bench(
     target: Annotated[str, typer.Option(help="Target name or TOML file.")] = "host-cpu",
     batch: Annotated[Optional[int], typer.Option(help="Batch size. [default: the target's]", min=1)] = None,
     measure_here: Annotated[bool, typer.Option(help="Time the model on this machine even when it is not the target's device; the verdict says 'measured on <this machine>, not on <target device>'.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Measure (or, where the target is not this machine, estimate) one model's latency against a target's budget."""
     from edgekd.bench import bench_model
 
     result = bench_model(model, target, batch, measure_here)
-    out.print(result.summary)
+    if as_json:
+        listing.emit_json(result.as_dict())
+    else:
+        out.print(result.summary, highlight=False, markup=False)
     raise typer.Exit(int(ExitCode.OK if result.met else ExitCode.BUDGET_MISSED))
 
 
@@ -188,6 +200,7 @@ def check(
     baseline: Annotated[Path, typer.Option(help="report.json of the accepted baseline.")],
     tolerance: Annotated[float, typer.Option(help="Allowed relative slow-down of the normalised latency.", min=0)] = 0.10,
     accuracy_tolerance: Annotated[float, typer.Option(help="Allowed top-1 drop, in absolute terms (0.01 = 1 point).", min=0)] = 0.01,
+    as_json: JsonFlag = False,
 ) -> None:
     """CI latency regression gate: non-zero exit (4) when the student got slower or less accurate than the baseline."""
     from edgekd.check import compare
@@ -195,9 +208,20 @@ def check(
 
     result = compare(read_report(report), read_report(baseline), tolerance, accuracy_tolerance,
                      report_name=str(report), baseline_name=str(baseline))
-    for line in result.lines:
-        out.print(line)
+    if as_json:
+        listing.emit_json(result.as_dict())
+    else:
+        for line in result.lines:
+            out.print(line, highlight=False, markup=False)
     raise typer.Exit(int(ExitCode.OK if result.ok else ExitCode.REGRESSION))
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A run folder holding report.json.")]) -> None:
+    """Re-render report.html and its plots from a run folder's report.json (after an upgrade, say)."""
+    from edgekd.report_html import render_run
+
+    out.print(f"wrote {render_run(run_dir)}", highlight=False)
 
 
 @app.command("build-engine")
@@ -237,7 +261,8 @@ def run(argv: list[str] | None = None) -> int:
         return done.exit_code
     except typer.TyperException as error:  # usage errors: unknown option, bad value
         message = error.format_message() if hasattr(error, "format_message") else str(error)
-        err.print(f"edgekd: error: {message}", highlight=False, soft_wrap=True, markup=False)
+        if message.strip():  # no arguments: the help was printed, and there is nothing to add
+            err.print(f"edgekd: error: {message}", highlight=False, soft_wrap=True, markup=False)
         return int(ExitCode.BAD_INPUT)
 
 

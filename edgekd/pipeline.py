@@ -327,6 +327,10 @@ def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, da
         if tensorrt["engine_latency_ms"] is not None and (on_device or options.measure_here):
             # a measured, parity-checked engine on the device (or labelled): the budget uses it
             budget_latency, budget_note = tensorrt["engine_latency_ms"], "" if on_device else off_target_label(target)
+    from edgekd.export.ort_format import write_ort_format  # mobile targets: student.int8.ort, checked
+
+    ort_format = write_ort_format(run.root, target, artifacts["student_int8_onnx"], ctx.example.numpy(), ctx.profile.export)
+    artifacts["student_int8_ort"] = ort_format["file"] if ort_format else None
     report = {
         "edgekd_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -342,6 +346,7 @@ def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, da
         "student": {"stage": final["name"], "onnx": final["onnx"]},
         "budget": _budget(ctx, records, budget_latency, budget_note),
         "tensorrt": tensorrt,
+        "ort_format": ort_format,
         "reference": _reference(ctx, final_onnx),
         "layers": _layers(ctx, final, final_onnx),
         "artifacts": artifacts,

@@ -34,6 +34,31 @@ def write_html(report: dict, run_dir: Path) -> Path:
     return path
 
 
+def render_run(run_dir: Path) -> Path:
+    """`edgekd report RUN_DIR`: report.html and the plots again, from the folder's report.json
+    (after an upgrade changed the page, say). A folder without a readable report is a one-line error."""
+    import json
+
+    from edgekd.errors import BadInputError
+
+    run_dir = Path(run_dir)
+    path = run_dir / "report.json"
+    if not run_dir.is_dir():
+        raise BadInputError(f"run folder not found: {run_dir}")
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BadInputError(f"{run_dir}: no report.json (is it an edgekd run folder?)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadInputError(f"{path}: not a readable report.json ({err})") from None
+    if not isinstance(report, dict) or not isinstance(report.get("stages"), list) or not report["stages"]:
+        raise BadInputError(f"{path}: not an edgekd report (no 'stages' list)")
+    try:
+        return write_html(report, run_dir)
+    except (KeyError, IndexError, TypeError, ValueError) as err:
+        raise BadInputError(f"{path}: not an edgekd report ({type(err).__name__}: {err})") from None
+
+
 # ---------------------------------------------------------------- plots
 
 

@@ -40,7 +40,7 @@ def test_target_file_loads(path: Path):
 
 @pytest.mark.parametrize("path", TARGET_FILES, ids=lambda p: p.stem)
 def test_targets_show(path: Path, wide_console):
-    result = runner.invoke(cli.app, ["targets", "show", path.stem])
+    result = runner.invoke(cli.app, ["targets", "show", path.stem, "--json"])
     assert result.exit_code == 0, result.output
     shown = json.loads(result.output)
     assert shown["name"] == path.stem
