@@ -101,22 +101,28 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     results_path = OUT / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    # seed-major, references last: an interrupted run still covers every size
+    trees = {}
     for size in args.sizes:
-        data = OUT / f"fashion-{size}"
-        if not (data / "train").is_dir():
-            write_image_folder(data, size, layout="train_val")
-        entry = results.setdefault(str(size), {"runs": {}, "reference": None})
-        for seed in args.seeds:
+        trees[size] = OUT / f"fashion-{size}"
+        if not (trees[size] / "train").is_dir():
+            write_image_folder(trees[size], size, layout="train_val")
+        results.setdefault(str(size), {"runs": {}, "reference": None})
+    for seed in args.seeds:
+        for size in args.sizes:
+            entry = results[str(size)]
             if str(seed) in entry["runs"]:
                 continue
-            row = compress(data, seed, OUT / f"run-{size}-{seed}", OUT / "cache")
+            row = compress(trees[size], seed, OUT / f"run-{size}-{seed}", OUT / "cache")
             entry["runs"][str(seed)] = row
             results_path.write_text(json.dumps(results, indent=2))
             print(json.dumps({"size": size, **{k: row.get(k) for k in
                                                ("seed", "exit", "teacher_test", "student_test", "gap_val_points",
                                                 "gap_test_points", "seconds")}}), flush=True)
+    for size in args.sizes:
+        entry = results[str(size)]
         if not args.no_reference and entry["reference"] is None:
-            entry["reference"] = label_only_reference(data, 0)
+            entry["reference"] = label_only_reference(trees[size], 0)
             results_path.write_text(json.dumps(results, indent=2))
             print(json.dumps({"size": size, "reference": entry["reference"]}), flush=True)
     print(table(results))
