@@ -2,7 +2,7 @@
 
 For each tree size (Fashion-MNIST PNGs written class by class as `train/` + `val/`; edgekd reads
 `val/` as the reported test split and carves its validation split from `train/`) and each seed,
-run the real `edgekd compress --target host-cpu` and record: the teacher's test top-1, the INT8
+run the real `edgekd compress --target mobile-cpu` (an estimated target: its latency verdict does not move with the host's load) and record: the teacher's test top-1, the INT8
 student's gap to its teacher (validation, which the budget judges, and test, which is reported),
 the exit code and the verdict lines. A label-only reference of the teacher's architecture, trained
 three times as long on the same training split (seed 0), shows how far the teacher is from what
@@ -36,7 +36,7 @@ OUT = REPO / "benchmarks" / "out" / "own_data"
 def compress(data: Path, seed: int, run_dir: Path, cache: Path) -> dict:
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "edgekd", "compress", "--target", "host-cpu", "--data", str(data),
+        [sys.executable, "-m", "edgekd", "compress", "--target", "mobile-cpu", "--data", str(data),
          "--image-size", "28", "--seed", str(seed), "--run-dir", str(run_dir), "--cache-dir", str(cache)],
         capture_output=True, text=True, env={**os.environ, "EDGEKD_QUIET": "1"})
     seconds = time.perf_counter() - started

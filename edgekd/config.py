@@ -266,6 +266,10 @@ class AccuracyConfig(Strict):
     Judged on the validation split; a run whose student falls further exits 3."""
 
     max_drop: Annotated[float, Field(ge=0, le=100)] = 1.0  # points of top-1 (1.0 = one percentage point)
+    # the verdict holds the *upper* confidence bound of the drop to max_drop: the student and the
+    # teacher are compared image by image on the same validation images (a paired bound), so a
+    # small validation split cannot pass a student whose loss it cannot rule out
+    confidence: Annotated[float, Field(ge=0.5, lt=1)] = 0.95
 
 
 class Profile(Strict):

@@ -22,7 +22,7 @@ from edgekd.config import Profile, Runtime, Target, fingerprint, load_profile, l
 from edgekd.data import DataBundle, load_data
 from edgekd.deploy import INT8_ONNX
 from edgekd.errors import EdgekdError, ExitCode, Interrupted
-from edgekd.measure.accuracy import accuracy_floor, accuracy_verdict
+from edgekd.measure.accuracy import accuracy_floor, accuracy_verdict, pack_hits
 from edgekd.metrics import count
 from edgekd.models import create_model, require_architecture
 from edgekd.onnx_export import check_parity, export_onnx
@@ -33,7 +33,7 @@ from edgekd.stages.distill import DistillStage
 from edgekd.stages.prune import PruneStage
 from edgekd.stages.quantize import QuantizeStage
 from edgekd.stages.teacher import Teacher, TeacherSource, default_cache_dir, obtain_teacher
-from edgekd.train import predict_onnx
+from edgekd.train import correct_onnx, predict_onnx
 from edgekd.measure.target_latency import host_latency, off_target_label, on_target_device, target_latency
 
 STAGES = (DistillStage(), PruneStage(), QuantizeStage())  # in this order; nothing prunes after QAT
@@ -124,11 +124,14 @@ def record_stage(name: str, model: nn.Module, ctx: StageContext, *, precision: s
     path = ctx.run.path(INT8_ONNX if precision == "int8" else f"stages/{name}.onnx")
     parity = _export_checked(model, ctx, path, precision, name)
     runner = OnnxRuntimeRunner(path, threads=EVAL_THREADS)
+    val_hits = correct_onnx(runner, ctx.data.val)
     return {
         "name": name,
         "precision": precision,
         "accuracy": predict_onnx(runner, ctx.data.test),
-        "val_accuracy": predict_onnx(runner, ctx.data.val),
+        "val_accuracy": float(val_hits.mean()),
+        "val_images": len(val_hits),
+        "val_correct": pack_hits(val_hits),  # per validation image, for the paired accuracy verdict
         "params": counts[1],
         "macs": counts[0],
         "size_bytes": path.stat().st_size,

@@ -217,10 +217,15 @@ def accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> float
 evaluate = accuracy
 
 
+def correct_onnx(runner, dataset: Dataset, batch_size: int = 256) -> np.ndarray:
+    """Whether an exported model (any runner with `.run(images)`) gets each image of a split
+    right, in order: what a paired comparison of two models on the same images needs."""
+    hits = [runner.run(x.numpy()).argmax(1) == y.numpy()
+            for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False)]
+    return np.concatenate(hits) if hits else np.zeros(0, dtype=bool)
+
+
 def predict_onnx(runner, dataset: Dataset, batch_size: int = 256) -> float:
     """Top-1 accuracy of an exported model (any runner with `.run(images)`) over a split."""
-    correct = total = 0
-    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        correct += int((runner.run(x.numpy()).argmax(1) == y.numpy()).sum())
-        total += len(y)
-    return correct / max(1, total)
+    hits = correct_onnx(runner, dataset, batch_size)
+    return float(hits.mean()) if len(hits) else 0.0

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from edgekd.config import PROFILES_DIR, load_profile, load_target
-from edgekd.measure.accuracy import accuracy_floor, accuracy_verdict
+import numpy as np
+
+from edgekd.measure.accuracy import accuracy_floor, accuracy_verdict, pack_hits
 from edgekd.models import create_model
 from edgekd.pipeline import ExportMismatch, _export_checked
 
@@ -23,6 +25,37 @@ def test_the_verdict_names_the_stage_that_broke_the_budget():
     assert verdict["drop_points"] == pytest.approx(2.5)
     assert "MISSED" in verdict["verdict"] and "prune stage" in verdict["verdict"]
     assert accuracy_verdict(_records(0.93, 0.925, 0.921, 0.9205), profile, target)["met"]
+
+
+def _paired(n, teacher_right, student_right, both_right):
+    """Records of a teacher and a student on n validation images with the given overlaps."""
+    teacher = np.zeros(n, bool)
+    student = np.zeros(n, bool)
+    teacher[:teacher_right] = True
+    student[teacher_right - both_right: teacher_right - both_right + student_right] = True
+    return [{"name": "teacher", "val_accuracy": teacher.mean(), "val_images": n, "val_correct": pack_hits(teacher)},
+            {"name": "quantize", "val_accuracy": student.mean(), "val_images": n, "val_correct": pack_hits(student)}]
+
+
+def test_a_small_validation_split_cannot_pass_a_student_it_cannot_vouch_for():
+    """The same 0.6-point drop: shown within a 1-point budget on 6,000 images, not on 160."""
+    profile, target = load_profile("default"), load_target("host-cpu")
+    large = accuracy_verdict(_paired(6000, 5400, 5364, 5364), profile, target)
+    assert large["met"] and large["drop_points"] == pytest.approx(0.6)
+    assert 0.6 < large["drop_upper_points"] < 1.0 and large["images"] == 6000
+    small = accuracy_verdict(_paired(160, 144, 143, 143), profile, target)
+    assert not small["met"] and small["drop_points"] == pytest.approx(0.625)
+    assert "too small to show" in small["verdict"] and "160 validation images" in small["verdict"]
+
+
+def test_the_bound_is_paired_image_by_image():
+    """Two models that disagree on many images are less certain than two that agree."""
+    profile, target = load_profile("default"), load_target("host-cpu")
+    agree = accuracy_verdict(_paired(2000, 1800, 1790, 1790), profile, target)
+    churn = accuracy_verdict(_paired(2000, 1800, 1790, 1600), profile, target)
+    assert agree["drop_points"] == churn["drop_points"] == pytest.approx(0.5)
+    assert agree["drop_upper_points"] < churn["drop_upper_points"]
+    assert agree["met"] and not churn["met"]
 
 
 def test_a_target_can_tighten_the_budget():
