@@ -3,7 +3,8 @@
 An ONNX file is measured where this machine is the target's device (its `[device]` table) and the
 target's runtime runs here, and estimated (roofline) where not; `--measure-here` times it here
 anyway, labelled "measured on <this machine>, not on <target device>". A TensorRT engine is
-measured, estimated from the .onnx beside it, or refused. The budget verdict
+measured, estimated from the .onnx beside it, or refused; so is an OpenVINO IR (.xml) on an
+OpenVINO target. The budget verdict
 is worded by `edgekd.measure.budget.budget_verdict`, the same function the pipeline's report uses, so `edgekd bench` on
 a run's student agrees with that run's report.
 """
@@ -43,12 +44,14 @@ def bench_model(model: Path, target: str, batch: int | None, measure_here: bool 
     if not path.is_file():
         raise BadInputError(f"model not found: {path}" if not path.exists() else f"{path} is not a file")
     suffix = path.suffix.lower()
-    if suffix not in (".onnx", ".engine"):
-        raise BadInputError(f"{path}: expected an ONNX file (.onnx) or a TensorRT engine (.engine)")
+    if suffix not in (".onnx", ".engine", ".xml"):
+        raise BadInputError(f"{path}: expected an ONNX file (.onnx), a TensorRT engine (.engine) or an OpenVINO IR (.xml)")
     spec = load_target(target)
     batch = batch or spec.input.batch
     if suffix == ".engine":
         latency, estimate, note = _engine_latency(path, spec, batch, measure_here)
+    elif suffix == ".xml":
+        latency, estimate, note = _openvino_ir_latency(path, spec, batch, measure_here)
     else:
         from edgekd.measure.target_latency import target_latency
 
@@ -83,6 +86,35 @@ def _engine_latency(path: Path, target: Target, batch: int, measure_here: bool) 
     from edgekd.runtimes.tensorrt import TensorRTRunner
 
     latency = TensorRTRunner(path).measure(batch)
+    return latency, estimate, "" if on_device else off_target_label(target)
+
+
+def _openvino_ir_latency(path: Path, target: Target, batch: int, measure_here: bool) -> tuple[Latency, Latency | None, str]:
+    """An OpenVINO IR: measured with OpenVINO on the target's device (or anywhere with `measure_here`,
+    labelled), estimated from the .onnx beside it elsewhere, or refused."""
+    from edgekd.config import Runtime
+    from edgekd.measure.target_latency import off_target_label, on_target_device
+    from edgekd.runtimes.openvino import OpenVinoRunner, openvino_available
+
+    if target.runtime is not Runtime.OPENVINO_CPU:
+        raise BadInputError(f"{path}: an OpenVINO IR runs on OpenVINO targets only; {target.name} uses "
+                            f"{target.runtime.value}")
+    source = path.with_suffix(".onnx")
+    estimate = None
+    if source.is_file():
+        from edgekd.measure.estimate import estimate_latency
+
+        estimate, _ = estimate_latency(source, target, batch)
+    on_device, why = on_target_device(target)
+    if not on_device and not measure_here:
+        if estimate is not None:
+            return estimate, estimate, f"not the target's device: {why} (run there, or pass --measure-here)"
+        raise BadInputError(f"{path}: this machine is not {target.device.label} ({why}); pass --measure-here "
+                            f"to time the IR here anyway, labelled as such")
+    available, why = openvino_available()
+    if not available:
+        raise EnvironmentProblem(f"{path}: cannot run an OpenVINO IR here: {why}")
+    latency = OpenVinoRunner(path, target.threads).measure(batch)
     return latency, estimate, "" if on_device else off_target_label(target)
 
 

@@ -177,7 +177,7 @@ def _show(fields: dict, as_json: bool) -> None:
 
 @app.command()
 def bench(
-    model: Annotated[Path, typer.Argument(help="An ONNX file (or a TensorRT .engine where TensorRT runs).")],
+    model: Annotated[Path, typer.Argument(help="An ONNX file (or a TensorRT .engine where TensorRT runs, or an OpenVINO IR .xml).")],
     target: Annotated[str, typer.Option(help="Target name or TOML file.")] = "host-cpu",
     batch: Annotated[Optional[int], typer.Option(help="Batch size. [default: the target's]", min=1)] = None,
     measure_here: Annotated[bool, typer.Option(help="Time the model on this machine even when it is not the target's device; the verdict says 'measured on <this machine>, not on <target device>'.")] = False,

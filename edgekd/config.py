@@ -37,6 +37,7 @@ class Strict(BaseModel):
 
 class Runtime(str, enum.Enum):
     ONNXRUNTIME_CPU = "onnxruntime-cpu"
+    OPENVINO_CPU = "openvino-cpu"  # Intel's runtime (NNCF's own), the usual choice on x86 edge boxes
     TENSORRT = "tensorrt"
 
 

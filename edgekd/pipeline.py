@@ -114,7 +114,7 @@ def _export_checked(model: nn.Module, ctx: StageContext, path: Path, precision: 
 
 
 def record_stage(name: str, model: nn.Module, ctx: StageContext, *, precision: str, counts: tuple[int, int],
-                 seconds: float, details: dict) -> dict:
+                 seconds: float, details: dict, parent_onnx: Path | None = None) -> dict:
     """One record for every stage, the teacher included: export the model, check the export,
     and measure top-1 on the exported file (validation decides, test is reported), so every
     accuracy in the report is the accuracy of a file that exists. No latency: that belongs to
@@ -123,6 +123,10 @@ def record_stage(name: str, model: nn.Module, ctx: StageContext, *, precision: s
 
     path = ctx.run.path(INT8_ONNX if precision == "int8" else f"stages/{name}.onnx")
     parity = _export_checked(model, ctx, path, precision, name)
+    if precision == "int8":  # quantizers where the target's runtime fuses them; FP32 where INT8 measures slower
+        from edgekd.precision import fit_int8_to_target
+
+        details = {**details, "runtime_fit": fit_int8_to_target(path, parent_onnx, ctx)}
     runner = OnnxRuntimeRunner(path, threads=EVAL_THREADS)
     val_hits = correct_onnx(runner, ctx.data.val)
     return {
@@ -183,7 +187,8 @@ def _run_stages(model: nn.Module, ctx: StageContext, chain_fp: str) -> tuple[nn.
             counts = (last_counts or count(model, ctx.example)) if output.precision == "int8" \
                 else count(output.model, ctx.example)
             record = record_stage(stage.name, output.model, ctx, precision=output.precision, counts=counts,
-                                  seconds=seconds, details=output.details)
+                                  seconds=seconds, details=output.details,
+                                  parent_onnx=ctx.run.root / records[-1]["onnx"] if records else None)
             files = [ctx.run.root / record["onnx"]]
             if output.precision == "fp32":
                 checkpoints.save_model(output.model, checkpoint)
@@ -319,7 +324,15 @@ def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, da
     final_onnx = run.root / final["onnx"]
     artifacts.update({f"checkpoint_{r['name']}": f"checkpoints/{r['name']}.pt" for r in records
                       if (run.root / f"checkpoints/{r['name']}.pt").is_file()})
-    budget_latency, budget_note, tensorrt = final["latency_ms"], final["latency_note"], None
+    budget_latency, budget_note, tensorrt, shipped, budget_records = final["latency_ms"], final["latency_note"], None, None, records
+    if artifacts["student_int8_onnx"]:  # INT8 or FP32: whichever runs faster on the target ships
+        from edgekd.precision import ship
+
+        shipped, shipped_record, ir_files = ship(run.root, target, fp32, final, options.measure_here)
+        artifacts.update(ir_files)
+        if shipped_record is not final:  # FP32 ships: the budgets judge its latency, size and accuracy
+            budget_latency, budget_note, budget_records = shipped_record["latency_ms"], shipped_record["latency_note"], \
+                [*records[:-1], shipped_record]
     if target.runtime is Runtime.TENSORRT and artifacts["student_int8_onnx"]:
         from edgekd.deploy import CHECK_IMAGES, prepare_engine
 
@@ -347,7 +360,8 @@ def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, da
                     "splits": data.splits, "classes": data.classes, "input_shape": list(data.input_shape)},
         "stages": records,
         "student": {"stage": final["name"], "onnx": final["onnx"]},
-        "budget": _budget(ctx, records, budget_latency, budget_note),
+        "budget": _budget(ctx, budget_records, budget_latency, budget_note),
+        "shipped": shipped,
         "tensorrt": tensorrt,
         "ort_format": ort_format,
         "reference": _reference(ctx, final_onnx),
@@ -355,6 +369,8 @@ def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, da
         "artifacts": artifacts,
         "seconds": round(seconds, 1),
     }
+    if shipped and shipped["warning"]:
+        report["budget"]["verdict"] += f". {shipped['warning']}"
     from edgekd.report_html import ACCURACY_LATENCY_PNG, LAYERS_PNG, REPORT_HTML, write_html
 
     artifacts.update({"report_json": REPORT, "report_html": REPORT_HTML,

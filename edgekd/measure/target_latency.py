@@ -1,7 +1,7 @@
 """Latency on the target: measured where this machine *is* the target's device, estimated elsewhere.
 
 Measured: the target's `[device]` matches this machine (edgekd.measure.device) and its runtime
-runs here (ONNX Runtime on the CPU; TensorRT with an engine built for it). Everything else is a
+runs here (ONNX Runtime or OpenVINO on the CPU; TensorRT with an engine built for it). Everything else is a
 roofline estimate, with the reason in `note`. `measure_here=True` (`--measure-here`) times the
 model on this machine anyway, and says so: "measured on <this machine>, not on <target device>".
 """
@@ -35,6 +35,10 @@ def measurable_here(target: Target, measure_here: bool = False) -> tuple[bool, s
         return False, f"not the target's device: {why} (run there, or pass --measure-here)"
     if target.runtime is Runtime.ONNXRUNTIME_CPU:
         return True, ""
+    if target.runtime is Runtime.OPENVINO_CPU:
+        from edgekd.runtimes.openvino import openvino_available
+
+        return openvino_available()
     from edgekd.runtimes.tensorrt import tensorrt_available
 
     available, why = tensorrt_available()
@@ -65,6 +69,11 @@ def target_latency(onnx_path: Path, target: Target, batch: int | None = None, la
         from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner
 
         measured = OnnxRuntimeRunner(onnx_path, target.threads).measure(batch, label=label)
+        return TargetLatency(measured, estimate, note, on_device)
+    if can_measure and target.runtime is Runtime.OPENVINO_CPU:
+        from edgekd.runtimes.openvino import OpenVinoRunner
+
+        measured = OpenVinoRunner(onnx_path, target.threads).measure(batch, label=label)
         return TargetLatency(measured, estimate, note, on_device)
     if can_measure and engine is not None:
         from edgekd.runtimes.tensorrt import TensorRTRunner

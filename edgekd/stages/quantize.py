@@ -52,16 +52,21 @@ def quantize_with_nncf(model: nn.Module, calibration: torch.utils.data.Dataset, 
     """Fold BatchNorms, then insert NNCF's INT8 fake quantizers calibrated on `samples` images,
     drawn at random with every class in proportion (never the first N of a class-sorted folder)."""
     import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
 
     use_eager_fake_quant()
     folded, _ = fold_batchnorm(model)
     subset = stratified_subset(calibration, samples, seed)
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False)
     preset = nncf.QuantizationPreset.MIXED if scheme is ActivationScheme.ASYMMETRIC else nncf.QuantizationPreset.PERFORMANCE
+    # one scale per activation tensor: ONNX Runtime's QLinearConv and TensorRT take no per-channel
+    # activation scales (NNCF gives depthwise convolutions' inputs one per channel otherwise)
+    per_tensor = AdvancedQuantizationParameters(activations_quantization_params=QuantizationParameters(per_channel=False))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantized = nncf.quantize(folded, nncf.Dataset(loader, lambda batch: batch[0]), preset=preset,
-                                  subset_size=len(loader))  # NNCF counts dataset items: batches here
+                                  subset_size=len(loader),  # NNCF counts dataset items: batches here
+                                  advanced_parameters=per_tensor)
     if scheme is ActivationScheme.SYMMETRIC_SIGNED:
         force_signed_activations(quantized)
     elif scheme is ActivationScheme.ASYMMETRIC:

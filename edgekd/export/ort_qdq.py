@@ -1,0 +1,323 @@
+"""Quantizer placement that ONNX Runtime's CPU kernels can use.
+
+ONNX Runtime runs a convolution in INT8 (QLinearConv) only when the QDQ graph has it as
+DequantizeLinear(input), DequantizeLinear(weight) -> Conv -> [Relu/Clip] -> QuantizeLinear, with every
+consumer of the output a QuantizeLinear and the input and output of the same integer type. NNCF
+places quantizers for OpenVINO, which fuses Conv + HardSwish/HardSigmoid: it quantizes the input of
+the next layer, after the activation, and leaves the convolution's own output float. It also leaves
+squeeze-excite convolutions unquantized, and makes post-ReLU tensors UINT8 but others INT8, so a
+convolution from a signed tensor into a ReLU has mismatched types. ONNX Runtime then runs each of
+those convolutions in float, between a dequantize and a quantize: slower than the FP32 model.
+
+`place_for_onnxruntime` rewrites the exported graph so every convolution fuses:
+  1. every activation QuantizeLinear/DequantizeLinear becomes UINT8: an INT8 tensor with zero point z
+     is the same set of values as UINT8 with zero point z + 128 (lossless; UINT8 x INT8 is the x86
+     kernels' native pair);
+  2. a convolution output that reaches anything but a QuantizeLinear gets a QuantizeLinear ->
+     DequantizeLinear pair, with its range from ONNX Runtime's MinMax calibrator run on the graph;
+  3. a convolution whose input or weight has no quantizer gets one (input: calibrated; weight: INT8
+     per output channel, symmetric), as squeeze-excite convolutions need.
+Layers named in `keep_float` go the other way: their weight is dequantized into a float initializer,
+so ONNX Runtime runs them in FP32 (mixed precision, chosen by measurement in `edgekd.precision`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from edgekd.runfolder import atomic_output
+
+LAYER_OPS = ("Conv", "Gemm", "MatMul")  # layers with a weight that INT8 can speed up
+FUSING_ACTIVATIONS = ("Relu", "Clip")  # ONNX Runtime drops these when the QuantizeLinear after them clips the same
+QUANTIZED_CONV_OPS = ("QLinearConv", "ConvInteger")
+FLOAT_CONV_OPS = ("Conv", "FusedConv", "NhwcFusedConv")
+
+
+@dataclass
+class Placement:
+    retyped: int = 0  # INT8 activation quantizers made UINT8
+    outputs_quantized: list[str] = field(default_factory=list)
+    inputs_quantized: list[str] = field(default_factory=list)
+    weights_quantized: list[str] = field(default_factory=list)
+    kept_float: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def place_for_onnxruntime(path: Path, calibration: np.ndarray, keep_float: Iterable[str] = (),
+                          batch: int = 32) -> Placement:
+    """Rewrite the QDQ graph at `path` in place (see the module docstring); `calibration` is a float32
+    array of input images, `keep_float` the names of Conv/Gemm/MatMul nodes to run in FP32."""
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path))
+    graph = model.graph
+    keep = set(keep_float)
+    placement = Placement()
+    placement.retyped = _activations_to_uint8(graph)
+    needs_range = _missing_quantizers(graph, keep)
+    ranges = _calibrate(model, sorted({t for t, _ in needs_range}), calibration, batch) if needs_range else {}
+    producers = {out: node for node in graph.node for out in node.output}
+    initializers = {init.name: init for init in graph.initializer}
+    new_nodes: dict[int, list] = defaultdict(list)  # index of a node -> nodes to insert after it
+    for index, node in enumerate(list(graph.node)):
+        if node.op_type != "Conv" and not (node.op_type in LAYER_OPS and node.name in keep):
+            continue
+        if node.name in keep:
+            if _dequantize_weight(graph, node, producers, initializers):
+                _bypass_input_quantizer(graph, node, producers)
+                placement.kept_float.append(node.name)
+            continue
+        if node.input[1] in initializers:  # a float weight: no quantizer
+            new_nodes[-1].append(_quantize_weight(graph, node, initializers[node.input[1]]))
+            placement.weights_quantized.append(node.name)
+        source = producers.get(node.input[0])
+        if source is None or source.op_type != "DequantizeLinear":
+            new_nodes[index - 1 if source is None else _index(graph, source)].extend(
+                _qdq_pair(graph, node.input[0], ranges[node.input[0]], [node]))
+            placement.inputs_quantized.append(node.name)
+        if not _output_quantized(graph, node):
+            consumers = [n for n in graph.node if node.output[0] in n.input]
+            new_nodes[index].extend(_qdq_pair(graph, node.output[0], ranges[node.output[0]], consumers))
+            placement.outputs_quantized.append(node.name)
+    _insert(graph, new_nodes)
+    _remove_dead_nodes(graph)
+    with atomic_output(path) as tmp:
+        onnx.save(model, str(tmp))
+    return placement
+
+
+# ---------------------------------------------------------------- what is missing
+
+
+def _consumers(graph, tensor: str) -> list:
+    return [n for n in graph.node if tensor in n.input]
+
+
+def _output_quantized(graph, node) -> bool:
+    """ONNX Runtime's rule: every consumer a QuantizeLinear, or one Relu/Clip whose consumers all are."""
+    users = _consumers(graph, node.output[0])
+    if not users or node.output[0] in {o.name for o in graph.output}:
+        return False
+    if len(users) == 1 and users[0].op_type in FUSING_ACTIVATIONS:
+        after = _consumers(graph, users[0].output[0])
+        return len(after) == 1 and after[0].op_type == "QuantizeLinear"
+    return all(u.op_type == "QuantizeLinear" for u in users)
+
+
+def _missing_quantizers(graph, keep: set[str]) -> list[tuple[str, str]]:
+    """(tensor, why) for every convolution input or output that needs a calibrated range."""
+    producers = {out: node for node in graph.node for out in node.output}
+    missing = []
+    for node in graph.node:
+        if node.op_type != "Conv" or node.name in keep:
+            continue
+        source = producers.get(node.input[0])
+        if source is None or source.op_type != "DequantizeLinear":
+            missing.append((node.input[0], "input"))
+        if not _output_quantized(graph, node):
+            missing.append((node.output[0], "output"))
+    return missing
+
+
+# ---------------------------------------------------------------- rewrites
+
+
+def _activations_to_uint8(graph) -> int:
+    """Each INT8 activation QuantizeLinear (and the DequantizeLinears reading it) becomes UINT8.
+
+    Zero point z becomes z + 128: the same representable values. After a Relu (non-negative
+    values), an INT8 zero point 0 becomes a UINT8 zero point 0 with the same scale instead, so
+    ONNX Runtime can still drop the Relu; its range then reaches 255 steps where it clipped at 127."""
+    from onnx import numpy_helper
+
+    initializers = {init.name: init for init in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    created: dict[tuple[str, bool], str] = {}
+    count = 0
+    for node in graph.node:
+        if node.op_type != "QuantizeLinear" or len(node.input) < 3 or node.input[0] in initializers:
+            continue  # no zero point (UINT8 by default), or a weight (stays INT8)
+        zp_name = node.input[2]
+        if zp_name not in initializers or initializers[zp_name].data_type != 3:  # 3 = INT8
+            continue
+        source = producers.get(node.input[0])
+        zero = numpy_helper.to_array(initializers[zp_name]).astype(np.int16)
+        after_relu = source is not None and source.op_type == "Relu" and not zero.any()
+        key = (zp_name, after_relu)
+        if key not in created:
+            created[key] = f"{zp_name}_uint8{'_relu' if after_relu else ''}"
+            shifted = zero if after_relu else zero + 128
+            graph.initializer.append(numpy_helper.from_array(shifted.astype(np.uint8), created[key]))
+        node.input[2] = created[key]
+        for reader in _consumers(graph, node.output[0]):
+            if reader.op_type == "DequantizeLinear" and len(reader.input) > 2:
+                reader.input[2] = created[key]
+        count += 1
+    return count
+
+
+def _is_weight_quantizer(graph, tensor: str, initializers: dict) -> bool:
+    """A DequantizeLinear reading a QuantizeLinear of an initializer (weights not yet folded)."""
+    for node in graph.node:
+        if tensor in node.output and node.op_type == "QuantizeLinear":
+            return node.input[0] in initializers
+    return False
+
+
+def _qdq_pair(graph, tensor: str, value_range: tuple[float, float], consumers: list) -> list:
+    """QuantizeLinear -> DequantizeLinear on `tensor` (UINT8, asymmetric over the range and 0), and
+    `consumers` rewired to read the dequantized tensor."""
+    from onnx import helper, numpy_helper
+
+    low, high = min(float(value_range[0]), 0.0), max(float(value_range[1]), 0.0)
+    scale = max((high - low) / 255.0, 1e-8)
+    zero_point = int(np.clip(round(-low / scale), 0, 255))
+    base = tensor.replace("/", "_").strip("_") + "_ortq"
+    graph.initializer.extend([numpy_helper.from_array(np.array(scale, dtype=np.float32), f"{base}.scale"),
+                              numpy_helper.from_array(np.array(zero_point, dtype=np.uint8), f"{base}.zero_point")])
+    quantized, restored = f"{base}.quantized", f"{base}.dequantized"
+    for consumer in consumers:
+        for i, name in enumerate(consumer.input):
+            if name == tensor:
+                consumer.input[i] = restored
+    return [helper.make_node("QuantizeLinear", [tensor, f"{base}.scale", f"{base}.zero_point"], [quantized],
+                             name=f"{base}/QuantizeLinear"),
+            helper.make_node("DequantizeLinear", [quantized, f"{base}.scale", f"{base}.zero_point"], [restored],
+                             name=f"{base}/DequantizeLinear")]
+
+
+def _quantize_weight(graph, node, weight) -> object:
+    """INT8 per-output-channel symmetric weight + DequantizeLinear feeding `node`."""
+    from onnx import helper, numpy_helper
+
+    values = numpy_helper.to_array(weight).astype(np.float32)
+    flat = np.abs(values.reshape(values.shape[0], -1)).max(axis=1)
+    scale = np.maximum(flat / 127.0, 1e-12).astype(np.float32)
+    shape = (-1,) + (1,) * (values.ndim - 1)
+    quantized = np.clip(np.round(values / scale.reshape(shape)), -127, 127).astype(np.int8)
+    base = f"{weight.name}_int8"
+    graph.initializer.extend([numpy_helper.from_array(quantized, base),
+                              numpy_helper.from_array(scale, f"{base}.scale"),
+                              numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), f"{base}.zero_point")])
+    restored = f"{base}.dequantized"
+    node.input[1] = restored
+    return helper.make_node("DequantizeLinear", [base, f"{base}.scale", f"{base}.zero_point"], [restored],
+                            name=f"{base}/DequantizeLinear", axis=0)
+
+
+def _dequantize_weight(graph, node, producers: dict, initializers: dict) -> bool:
+    """Replace `node`'s DequantizeLinear(INT8 weight) by the float values it produces."""
+    from onnx import numpy_helper
+
+    dq = producers.get(node.input[1])
+    if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in initializers:
+        return False
+    q = numpy_helper.to_array(initializers[dq.input[0]]).astype(np.float32)
+    scale = numpy_helper.to_array(initializers[dq.input[1]]).astype(np.float32)
+    zp = (numpy_helper.to_array(initializers[dq.input[2]]).astype(np.float32)
+          if len(dq.input) > 2 and dq.input[2] in initializers else np.zeros_like(scale))
+    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+    if scale.ndim == 1 and scale.size > 1:
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    name = f"{dq.input[0]}_float"
+    graph.initializer.append(numpy_helper.from_array(((q - zp) * scale).astype(np.float32), name))
+    node.input[1] = name
+    return True
+
+
+def _bypass_input_quantizer(graph, node, producers: dict) -> None:
+    """A float layer reads the float tensor itself when its input Q -> DQ pair serves it alone."""
+    dq = producers.get(node.input[0])
+    if dq is None or dq.op_type != "DequantizeLinear" or len(_consumers(graph, dq.output[0])) != 1:
+        return
+    q = producers.get(dq.input[0])
+    if q is not None and q.op_type == "QuantizeLinear" and len(_consumers(graph, q.output[0])) == 1:
+        node.input[0] = q.input[0]
+
+
+def _remove_dead_nodes(graph) -> None:
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = {name for node in graph.node for name in node.input} | outputs
+        dead = [node for node in graph.node if not any(out in used for out in node.output)]
+        if not dead:
+            return
+        for node in dead:
+            graph.node.remove(node)
+
+
+def _index(graph, node) -> int:
+    return next(i for i, n in enumerate(graph.node) if n is node)
+
+
+def _insert(graph, new_nodes: dict[int, list]) -> None:
+    """Insert each list after the node at its index (-1: at the front), keeping topological order."""
+    if not new_nodes:
+        return
+    ordered = list(new_nodes.get(-1, []))
+    for index, node in enumerate(graph.node):
+        ordered.append(node)
+        ordered.extend(new_nodes.get(index, []))
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+# ---------------------------------------------------------------- calibration
+
+
+def _calibrate(model, tensors: list[str], images: np.ndarray, batch: int) -> dict[str, tuple[float, float]]:
+    """Min/max of `tensors` over `images`, from ONNX Runtime's MinMax calibrator."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    input_name = model.graph.input[0].name
+
+    class Images(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{input_name: np.ascontiguousarray(images[i:i + batch], dtype=np.float32)}
+                                 for i in range(0, len(images), batch)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "model.onnx"
+        onnx.save(model, str(source))
+        calibrator = create_calibrator(source, op_types_to_calibrate=["Conv"],
+                                       augmented_model_path=str(Path(folder) / "augmented.onnx"),
+                                       calibrate_method=CalibrationMethod.MinMax)
+        calibrator.collect_data(Images())
+        data = calibrator.compute_data()
+    ranges = {}
+    for tensor in tensors:
+        low, high = data[tensor].range_value
+        ranges[tensor] = (float(np.min(low)), float(np.max(high)))
+    return ranges
+
+
+# ---------------------------------------------------------------- what ONNX Runtime made of it
+
+
+def conv_counts(path: Path, threads: int = 1) -> dict[str, int]:
+    """Quantized vs float convolutions in ONNX Runtime's optimised graph of `path` (the graph it runs)."""
+    import onnx
+
+    from edgekd.runtimes.onnxruntime import open_session
+
+    with tempfile.TemporaryDirectory() as folder:
+        optimized = Path(folder) / "optimized.onnx"
+        open_session(Path(path), threads, optimized_path=optimized)
+        ops = Counter(node.op_type for node in onnx.load(str(optimized)).graph.node)
+    return {"quantized": sum(ops[op] for op in QUANTIZED_CONV_OPS), "float": sum(ops[op] for op in FLOAT_CONV_OPS)}
