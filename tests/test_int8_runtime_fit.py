@@ -1,0 +1,139 @@
+"""INT8 that fits the runtime that runs it: every convolution of the CPU students becomes a quantized
+convolution in ONNX Runtime's optimised graph (HardSwish, HardSigmoid and squeeze-excite included),
+the shipped precision is the faster one, and OpenVINO runs the same files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from edgekd.config import ActivationScheme, load_target
+from edgekd.export.ort_qdq import conv_counts, place_for_onnxruntime
+from edgekd.fold import fold_batchnorm
+from edgekd.models import create_model
+from edgekd.onnx_export import export_onnx
+from edgekd.precision import Shipped, choose_precision, shipped_warning
+from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner, store_int8_weights
+from edgekd.stages.quantize import quantize_with_nncf, strip_to_qdq
+
+# small inputs keep it to seconds; random weights: this is about the graph's structure
+MODELS = {"edgekd_cnn": (1, 28, 28), "resnet18": (3, 32, 32), "mobilenet_v3_small": (3, 32, 32)}
+
+
+def settle_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> torch.nn.Module:
+    """BatchNorm statistics of `images`, so a randomly initialised network's logits are not ~0
+    (torchvision's MobileNetV3 gives 1e-10 with its initial statistics), then eval mode."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average over the passes below
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(images)
+    return model.eval()
+
+
+def _int8_and_fp32(arch: str, folder: Path) -> tuple[Path, Path, np.ndarray]:
+    shape = MODELS[arch]
+    torch.manual_seed(0)
+    model = create_model(arch, 10, shape)
+    images = torch.randn(16, *shape)
+    settle_batchnorm(model, images)
+    calibration = TensorDataset(images, torch.zeros(16, dtype=torch.long))
+    quantized = quantize_with_nncf(model, calibration, 16, ActivationScheme.SYMMETRIC, batch_size=8)
+    int8 = store_int8_weights(export_onnx(strip_to_qdq(quantized, images), images, folder / f"{arch}.int8.onnx"))
+    fp32 = export_onnx(fold_batchnorm(model)[0], images, folder / f"{arch}.fp32.onnx")
+    return int8, fp32, images.numpy()
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def exported(request, tmp_path_factory):
+    return request.param, *_int8_and_fp32(request.param, tmp_path_factory.mktemp(request.param))
+
+
+@pytest.fixture(scope="module")
+def student_files(tmp_path_factory):
+    """edgekd_cnn's NNCF INT8 and FP32 files, quantized once; tests copy them before rewriting."""
+    return _int8_and_fp32("edgekd_cnn", tmp_path_factory.mktemp("student"))
+
+
+@pytest.fixture
+def student(student_files, tmp_path):
+    int8, fp32, images = student_files
+    return Path(shutil.copy(int8, tmp_path / int8.name)), Path(shutil.copy(fp32, tmp_path / fp32.name)), images
+
+
+def test_every_convolution_runs_quantized_in_onnxruntime(exported):
+    arch, int8, fp32, images = exported
+    convs = sum(n.op_type == "Conv" for n in onnx.load(str(fp32)).graph.node)
+    place_for_onnxruntime(int8, images)
+    assert conv_counts(int8) == {"quantized": convs, "float": 0}
+    int8_logits = OnnxRuntimeRunner(int8).run(images)
+    fp32_logits = OnnxRuntimeRunner(fp32).run(images)
+    assert np.isfinite(int8_logits).all()
+    # the INT8 graph still computes the FP32 model: logits correlate strongly on random weights
+    assert np.corrcoef(int8_logits.ravel(), fp32_logits.ravel())[0, 1] > 0.9
+
+
+def test_nncf_placement_alone_leaves_mobilenet_convolutions_float(tmp_path):
+    """What the rewrite fixes: NNCF quantizes after HardSwish, not after the convolution before it."""
+    int8, _, _ = _int8_and_fp32("mobilenet_v3_small", tmp_path)
+    assert conv_counts(int8)["float"] > 10
+
+
+def test_keep_float_runs_the_named_layers_in_fp32(student):
+    int8, _, images = student
+    first = next(n.name for n in onnx.load(str(int8)).graph.node if n.op_type == "Conv")
+    placement = place_for_onnxruntime(int8, images, keep_float=[first])
+    assert placement.kept_float == [first]
+    assert conv_counts(int8) == {"quantized": 3, "float": 1}
+
+
+def test_precision_follows_the_estimate_where_the_target_is_not_here(student):
+    """mobile-cpu (aarch64) cannot be measured on this x86 host: both files are estimated and the
+    faster one ships, saying so."""
+    int8, fp32, images = student
+    place_for_onnxruntime(int8, images)
+    shipped = choose_precision(fp32, int8, load_target("mobile-cpu"))
+    assert shipped.source == "estimated"
+    assert shipped.file == (int8.name if shipped.int8_ms <= shipped.fp32_ms else fp32.name)
+    assert not shipped.slower_than_alternative and shipped_warning(shipped) is None
+
+
+def test_precision_is_measured_on_this_host(student):
+    int8, fp32, images = student
+    place_for_onnxruntime(int8, images)
+    shipped = choose_precision(fp32, int8, load_target("host-cpu"))
+    assert shipped.source == "measured"
+    assert shipped.precision in ("int8", "fp32") and shipped.int8_ms > 0 and shipped.fp32_ms > 0
+    assert not shipped.slower_than_alternative
+
+
+def test_a_slower_shipped_file_is_warned_about():
+    slower = Shipped("student.int8.onnx", "int8", "TensorRT builds its engine from the INT8 graph", 2.0, 1.0,
+                     "estimated")
+    assert "WARNING" in shipped_warning(slower) and "slower than FP32" in shipped_warning(slower)
+
+
+def test_openvino_runs_the_int8_file_and_its_ir(student, tmp_path):
+    pytest.importorskip("openvino")
+    from edgekd.export.openvino_ir import export_openvino_ir
+    from edgekd.runtimes.openvino import OpenVinoRunner
+
+    int8, _, images = student
+    xml, weights = export_openvino_ir(int8, tmp_path / "student.int8.xml")
+    assert xml.is_file() and weights.is_file()
+    reference = OnnxRuntimeRunner(int8).run(images)
+    for path in (int8, xml):
+        runner = OpenVinoRunner(path, threads=2)
+        assert runner.description.startswith("openvino-cpu")
+        logits = runner.run(images)
+        assert (logits.argmax(1) == reference.argmax(1)).mean() >= 0.9
+        assert runner.measure(4, max_seconds=0.5).source == "measured"
