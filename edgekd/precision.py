@@ -150,7 +150,7 @@ def layer_timings(fp32_path: Path, int8_path: Path, threads: int, batch: int, ru
     order, and both files hold the same layers); if the counts differ, nothing is paired: []."""
     import onnx
 
-    from edgekd.runtimes.onnxruntime import open_session, profile_layers
+    from edgekd.runtimes.onnxruntime import open_session
 
     source_layers = [n.name for n in onnx.load(str(int8_path)).graph.node if n.op_type in LAYER_OPS_SOURCE]
     ordered: dict[str, list[str]] = {}
@@ -161,10 +161,31 @@ def layer_timings(fp32_path: Path, int8_path: Path, threads: int, batch: int, ru
             ordered[key] = [n.name for n in onnx.load(str(optimized)).graph.node if n.op_type in LAYER_OPS_OPTIMIZED]
     if not (len(source_layers) == len(ordered["fp32"]) == len(ordered["int8"])):
         return []
-    times = {key: {row["name"]: row["ms"] for row in profile_layers(path, threads, batch, runs)}
-             for key, path in (("fp32", fp32_path), ("int8", int8_path))}
+    times = {key: median_node_times(path, threads, batch, runs) for key, path in (("fp32", fp32_path), ("int8", int8_path))}
     return [LayerTiming(name, times["int8"].get(i8, 0.0), times["fp32"].get(f32, 0.0))
             for name, f32, i8 in zip(source_layers, ordered["fp32"], ordered["int8"])]
+
+
+def median_node_times(path: Path, threads: int, batch: int, runs: int = 30) -> dict[str, float]:
+    """Median milliseconds per node over `runs` profiled runs (after 5 unprofiled warm-up runs): the
+    median, because one descheduled run on a shared host would otherwise decide a layer's precision."""
+    import json
+
+    from edgekd.runtimes.onnxruntime import open_session
+
+    with tempfile.TemporaryDirectory() as folder:
+        session = open_session(Path(path), threads, profile_prefix=str(Path(folder) / "ort"))
+        meta = session.get_inputs()[0]
+        dims = tuple(d if isinstance(d, int) else 1 for d in meta.shape[1:])
+        images = np.random.default_rng(0).standard_normal((batch, *dims)).astype(np.float32)
+        for _ in range(runs + 5):
+            session.run(None, {meta.name: images})
+        trace = json.loads(Path(session.end_profiling()).read_text())
+    samples: dict[str, list[float]] = {}
+    for event in trace:
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            samples.setdefault(event["name"][: -len("_kernel_time")], []).append(event["dur"] / 1000.0)
+    return {name: float(np.median(values[5:] if len(values) > 5 else values)) for name, values in samples.items()}
 
 
 def slower_in_int8(timings: list[LayerTiming], margin: float = LAYER_MARGIN) -> list[str]:

@@ -237,12 +237,14 @@ def _dequantize_weight(graph, node, producers: dict, initializers: dict) -> bool
 
 
 def _bypass_input_quantizer(graph, node, producers: dict) -> None:
-    """A float layer reads the float tensor itself when its input Q -> DQ pair serves it alone."""
+    """A float layer reads the model's input itself when the Q -> DQ pair on it serves that layer alone
+    (elsewhere the pair stays: it is the previous layer's output quantizer, which its fusion needs)."""
     dq = producers.get(node.input[0])
     if dq is None or dq.op_type != "DequantizeLinear" or len(_consumers(graph, dq.output[0])) != 1:
         return
     q = producers.get(dq.input[0])
-    if q is not None and q.op_type == "QuantizeLinear" and len(_consumers(graph, q.output[0])) == 1:
+    if (q is not None and q.op_type == "QuantizeLinear" and len(_consumers(graph, q.output[0])) == 1
+            and q.input[0] in {i.name for i in graph.input}):
         node.input[0] = q.input[0]
 
 
