@@ -78,3 +78,28 @@ class TestTensorRTRunner(RunnerTemplate):
         engine = tmp_path / "student.engine"
         build_engine(student_onnx, engine, load_target("server-gpu"), workspace_mb=256)
         return TensorRTRunner(engine)
+
+
+class TestOpenVinoRunner(RunnerTemplate):
+    def make(self, student_onnx, tmp_path):
+        from edgekd.runtimes.openvino import OpenVinoRunner, openvino_available
+
+        available, why = openvino_available()
+        if not available:
+            pytest.skip(f"OpenVINO runner not tested here: {why}")
+        return OpenVinoRunner(student_onnx, threads=1)
+
+
+class TestOpenVinoIrRunner(RunnerTemplate):
+    """The same runner on the OpenVINO IR (.xml + .bin) that a run writes for OpenVINO targets."""
+
+    def make(self, student_onnx, tmp_path):
+        from edgekd.runtimes.openvino import OpenVinoRunner, openvino_available
+
+        available, why = openvino_available()
+        if not available:
+            pytest.skip(f"OpenVINO runner not tested here: {why}")
+        from edgekd.export.openvino_ir import export_openvino_ir
+
+        xml, _ = export_openvino_ir(student_onnx, tmp_path / "student.xml")
+        return OpenVinoRunner(xml, threads=1)
