@@ -20,7 +20,8 @@ timed in rotated rounds in this one process. INT8 here is post-training (no QAT)
 QAT on top. Accuracy: top-1 on Fashion-MNIST test images for edgekd_cnn; for the random-weight
 torchvision models, top-1 agreement with the FP32 file on the same inputs.
 
-    python benchmarks/int8_speed.py                      # ~30 min on 2 busy cores
+    python benchmarks/int8_speed.py                      # ~30 min on 2 quiet cores
+    python benchmarks/int8_speed.py --models resnet18 mobilenet_v3_large --batches 1
     python benchmarks/int8_speed.py --quick --models edgekd_cnn
     python benchmarks/int8_speed.py --channels            # only: channel counts vs INT8 speed, edgekd_cnn
 """
@@ -60,7 +61,7 @@ MODELS = {  # name: (arch, width, input shape)
     "mobilenet_v3_large": ("mobilenet_v3_large", 1.0, (3, 224, 224)),
 }
 # per round: time_calls settings; rounds: samples pooled over rounds
-TIMING = {"full": ({"warmup": 3, "min_runs": 10, "max_runs": 60, "max_seconds": 1.5}, 4),
+TIMING = {"full": ({"warmup": 3, "min_runs": 10, "max_runs": 60, "max_seconds": 1.0}, 3),
           "quick": ({"warmup": 2, "min_runs": 5, "max_runs": 10, "max_seconds": 0.5}, 2)}
 CALIBRATION = {"edgekd_cnn": 512, "torchvision": 32}
 EVAL_IMAGES = {"edgekd_cnn": 2000, "torchvision": 64}
@@ -81,7 +82,7 @@ def build(name: str, data) -> tuple[nn.Module, np.ndarray, np.ndarray, np.ndarra
         from edgekd.train import TrainPlan, fit
 
         train = torch.utils.data.Subset(data.train, range(12000))
-        fit(model, CrossEntropyObjective(), train, TrainPlan(2, 0.2, 5e-4, 128, 0), label=f"train {name}")
+        fit(model, CrossEntropyObjective(), train, TrainPlan(1, 0.2, 5e-4, 128, 0), label=f"train {name}")
         calibration = np.stack([data.train[i][0].numpy() for i in range(12000, 12000 + CALIBRATION[arch])])
         evaluation = [data.test[i] for i in range(EVAL_IMAGES[arch])]
         return (model.eval(), calibration, np.stack([x.numpy() for x, _ in evaluation]),
@@ -165,7 +166,7 @@ def runners_for(files: dict[str, Path], with_openvino: bool) -> dict:
     return runners
 
 
-def bench_model(name: str, data, mode: str, with_openvino: bool, folder: Path) -> dict:
+def bench_model(name: str, data, mode: str, with_openvino: bool, folder: Path, batches=BATCHES) -> dict:
     print(f"== {name}", flush=True)
     model, calibration, images, labels = build(name, data)
     files = files_for(name, model, calibration, folder)
@@ -176,7 +177,7 @@ def bench_model(name: str, data, mode: str, with_openvino: bool, folder: Path) -
               else "top-1 agreement with FP32 (random inputs)", "convs": {}, "batches": {}}
     for key in ("fp32", "ort-static", "nncf", "edgekd"):
         result["convs"][key] = conv_counts(files[key], THREADS)
-    for batch in BATCHES:
+    for batch in batches:
         mixed, timings = mixed_for(name, files, calibration, batch, folder)
         batch_files = {**files, **({"edgekd-mixed": mixed} if mixed else {})}
         runners = runners_for(batch_files, with_openvino)
@@ -255,6 +256,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short timing (a smoke test of the script)")
     parser.add_argument("--no-openvino", action="store_true")
     parser.add_argument("--channels", action="store_true", help="only the channel-count study")
+    parser.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     mode = "quick" if args.quick else "full"
@@ -281,7 +283,8 @@ def main() -> None:
         if args.channels:
             result["channels"] = bench_channels(mode, Path(folder), data)
         else:
-            result["models"] = {name: bench_model(name, data, mode, with_openvino, Path(folder)) for name in args.models}
+            result["models"] = {name: bench_model(name, data, mode, with_openvino, Path(folder), tuple(args.batches))
+                                for name in args.models}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
