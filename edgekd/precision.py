@@ -222,8 +222,11 @@ def fit_int8_to_target(int8_path: Path, fp32_path: Path | None, ctx) -> dict:
 
 
 def _calibration_images(ctx, samples: int = 256) -> np.ndarray:
-    count = min(samples, ctx.profile.quantize.calibration_samples, len(ctx.data.train))
-    return np.stack([ctx.data.train[i][0].numpy() for i in range(count)]).astype(np.float32)
+    """Training images, every class in proportion: ranges for the quantizers the placement adds."""
+    from edgekd.data import stratified_subset
+
+    subset = stratified_subset(ctx.data.train, min(samples, ctx.profile.quantize.calibration_samples), ctx.profile.seed)
+    return np.stack([subset[i][0].numpy() for i in range(len(subset))]).astype(np.float32)
 
 
 # ---------------------------------------------------------------- the pipeline's hook
