@@ -93,15 +93,19 @@ class ExportMismatch(EdgekdError):
     """The exported file does not compute what the model it came from computes."""
 
 
-def _export_checked(model: nn.Module, ctx: StageContext, path: Path, precision: str, stage: str) -> dict:
-    """Export, then run the file in ONNX Runtime on real images and compare with the model:
-    the INT8 file against the fake-quantized model it came from, within the profile's tolerance."""
-    export = ctx.profile.export
-    export_onnx(model, ctx.example, path, export.opset)
+def _export(model: nn.Module, ctx: StageContext, path: Path, precision: str) -> None:
+    export_onnx(model, ctx.example, path, ctx.profile.export.opset)
     if precision == "int8":
         from edgekd.runtimes.onnxruntime import store_int8_weights
 
         store_int8_weights(path)
+
+
+def _check_export(model: nn.Module, ctx: StageContext, path: Path, precision: str, stage: str) -> dict:
+    """Run the file in ONNX Runtime on real images and compare with the model it came from: the
+    INT8 file (as it ships, after any runtime fitting) against the fake-quantized model, within the
+    profile's tolerance and top-1 agreement."""
+    export = ctx.profile.export
     atol = export.int8_atol if precision == "int8" else export.atol
     parity = check_parity(model, path, ctx.example, atol)
     agreement_needed = export.min_top1_agreement if precision == "int8" else 0.0
@@ -122,11 +126,12 @@ def record_stage(name: str, model: nn.Module, ctx: StageContext, *, precision: s
     from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner
 
     path = ctx.run.path(INT8_ONNX if precision == "int8" else f"stages/{name}.onnx")
-    parity = _export_checked(model, ctx, path, precision, name)
+    _export(model, ctx, path, precision)
     if precision == "int8":  # quantizers where the target's runtime fuses them; FP32 where INT8 measures slower
         from edgekd.precision import fit_int8_to_target
 
         details = {**details, "runtime_fit": fit_int8_to_target(path, parent_onnx, ctx)}
+    parity = _check_export(model, ctx, path, precision, name)
     runner = OnnxRuntimeRunner(path, threads=EVAL_THREADS)
     val_hits = correct_onnx(runner, ctx.data.val)
     return {

@@ -10,7 +10,7 @@ import numpy as np
 
 from edgekd.measure.accuracy import accuracy_floor, accuracy_verdict, pack_hits
 from edgekd.models import create_model
-from edgekd.pipeline import ExportMismatch, _export_checked
+from edgekd.pipeline import ExportMismatch, _check_export, _export
 
 
 def _records(*val):
@@ -116,4 +116,5 @@ def test_an_int8_export_that_disagrees_with_its_model_is_an_error(tmp_path, test
     monkeypatch.setattr(pipeline, "export_onnx", lambda m, *a, **k: real_export(other, *a, **k))
     ctx = SimpleNamespace(profile=load_profile("default"), example=test_images[:64], run=RunFolder(tmp_path))
     with pytest.raises(ExportMismatch, match="prune: the exported FP32 file .* disagrees"):
-        _export_checked(model, ctx, tmp_path / "m.onnx", "fp32", "prune")
+        _export(model, ctx, tmp_path / "m.onnx", "fp32")
+        _check_export(model, ctx, tmp_path / "m.onnx", "fp32", "prune")
