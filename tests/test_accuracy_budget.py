@@ -92,7 +92,7 @@ def test_a_planted_accuracy_collapse_exits_3_naming_the_stage(tmp_path, cache_di
                        .replace('method = "qat"', 'method = "ptq"\nmax_extra_epochs = 0')
                        .replace("max_drop = 30.0", "max_drop = 5.0"))
     monkeypatch.setattr(quantize, "quantize_with_nncf", _break_activation_ranges(quantize.quantize_with_nncf))
-    code = run(["compress", "--profile", str(profile), "--target", "host-cpu", "--run-dir", str(tmp_path / "run"),
+    code = run(["compress", "--profile", str(profile), "--target", "mobile-cpu", "--run-dir", str(tmp_path / "run"),
                 "--cache-dir", str(cache_dir)])
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "run" / "report.json").read_text())
