@@ -19,6 +19,7 @@ import torch
 
 
 def export(run_dir: Path, out: Path) -> None:
+    from edgekd.checkpoints import load_stage_model
     from edgekd.models import load_teacher
 
     out.mkdir(parents=True, exist_ok=True)
@@ -27,7 +28,7 @@ def export(run_dir: Path, out: Path) -> None:
     teacher_file = Path(report["stages"][0]["details"]["origin"].removeprefix("cache:"))
     models = {"teacher": load_teacher(str(teacher_file), len(report["dataset"]["classes"]), shape)[0]}
     for stage in ("distill", "prune"):
-        models[stage] = torch.load(run_dir / "checkpoints" / f"{stage}.pt", map_location="cpu", weights_only=False)
+        models[stage] = load_stage_model(run_dir, stage)
     example = torch.zeros(1, *shape)
     for name, model in models.items():
         torch.jit.trace(model.eval(), example).save(str(out / f"{name}.ts"))

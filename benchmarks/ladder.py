@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgekd.checkpoints import load_stage_model
 from edgekd.config import ActivationScheme
 from edgekd.data import load_fashion_mnist
 from edgekd.onnx_export import INPUT_NAME, export_onnx
@@ -105,7 +106,7 @@ def ort_ptq(source: Path, path: Path, images: np.ndarray, batch: int = 64) -> Pa
 
 def nncf_ptq(checkpoint: Path, path: Path, calibration, samples: int, example: torch.Tensor, opset: int) -> Path:
     """edgekd's own quantizer without QAT: fold BatchNorm, NNCF calibration, strip to QDQ, export."""
-    model = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    model = load_stage_model(checkpoint.parent.parent, checkpoint.stem)
     quantized = quantize_with_nncf(model, calibration, samples, ActivationScheme.SYMMETRIC)
     return export_onnx(strip_to_qdq(quantized, example), example, path, opset)
 
@@ -133,7 +134,7 @@ def _read_run(run_dir: Path) -> tuple[dict, dict, dict[str, dict]]:
 def _channels(run_dir: Path, prune: dict) -> dict:
     """Share of channels pruned: exact (conv output channels in the two checkpoints) and from report.json."""
     def conv_channels(name: str) -> int:
-        model = torch.load(run_dir / "checkpoints" / f"{name}.pt", map_location="cpu", weights_only=False)
+        model = load_stage_model(run_dir, name)
         return sum(m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d))
 
     d = prune["details"]

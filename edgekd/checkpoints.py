@@ -113,3 +113,20 @@ def refuse_unsafe(run_dir: Path) -> None:
     an older edgekd pickled is refused before any work starts."""
     for path in sorted(Path(run_dir).glob("checkpoints/*.pt")) + sorted(Path(run_dir).glob("progress/*.pt")):
         load(path)
+
+
+def load_stage_model(run_dir: Path, stage: str) -> nn.Module:
+    """checkpoints/<stage>.pt of a finished run folder, rebuilt on the run's student architecture
+    (config.json's profile, report.json's dataset): for benchmarks and tools reading a run."""
+    import json
+
+    from edgekd.models import create_model
+
+    run_dir = Path(run_dir)
+    try:
+        student = json.loads((run_dir / "config.json").read_text())["profile"]["student"]
+        dataset = json.loads((run_dir / "report.json").read_text())["dataset"]
+    except (OSError, ValueError, KeyError) as err:
+        raise BadInputError(f"{run_dir}: not a finished edgekd run folder ({type(err).__name__}: {err})") from None
+    like = create_model(student["arch"], len(dataset["classes"]), tuple(dataset["input_shape"]), student["width"])
+    return load_model(run_dir / "checkpoints" / f"{stage}.pt", like)

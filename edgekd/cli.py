@@ -201,13 +201,15 @@ def check(
     tolerance: Annotated[float, typer.Option(help="Allowed relative slow-down of the normalised latency.", min=0)] = 0.10,
     accuracy_tolerance: Annotated[float, typer.Option(help="Allowed top-1 drop, in absolute terms (0.01 = 1 point).", min=0)] = 0.01,
     as_json: JsonFlag = False,
+    macs_tolerance: Annotated[float, typer.Option(help="Allowed relative growth of the final student's MACs per image.", min=0)] = 0.10,
+    allow_mismatch: Annotated[bool, typer.Option(help="Compare even when target, gate threads/batch/reference or final stage differ (a note instead of a failure).")] = False,
 ) -> None:
-    """CI latency regression gate: non-zero exit (4) when the student got slower or less accurate than the baseline."""
+    """CI latency regression gate: exit 4 when the student got slower or less accurate than the baseline, or the runs are not comparable."""
     from edgekd.check import compare
     from edgekd.pipeline import read_report
 
-    result = compare(read_report(report), read_report(baseline), tolerance, accuracy_tolerance,
-                     report_name=str(report), baseline_name=str(baseline))
+    result = compare(read_report(report), read_report(baseline), tolerance, accuracy_tolerance, macs_tolerance=macs_tolerance,
+                     report_name=str(report), baseline_name=str(baseline), allow_mismatch=allow_mismatch)
     if as_json:
         listing.emit_json(result.as_dict())
     else:

@@ -217,12 +217,15 @@ def build_engine_for_run(run_dir: Path) -> str:
                           f"{parity['top1_agreement']:.3f} < {MIN_TOP1_AGREEMENT} on {parity['samples']} {kind} "
                           f"(max |logit difference| {parity['max_abs_diff']:.3g})")
     latency = runner.measure(target.input.batch, label="engine latency")
+    from edgekd.measure.target_latency import off_target_label, on_target_device
+
+    where = f"measured on {target.device.label}" if on_target_device(target)[0] else off_target_label(target)
     limits = {"p50": target.budget_p50_ms, "p99": target.budget.latency_p99_ms}
     checks = {k: getattr(latency, k) <= v for k, v in limits.items() if v is not None}
     stated = ", ".join(f"{k} {getattr(latency, k):.3f} ms vs {v:.3f} ms" for k, v in limits.items() if v is not None)
     return (f"{run_dir / ENGINE}: {latency.runtime}, {'+'.join(info.precision)}, batch "
             f"{info.min_batch}..{info.max_batch}; {'MET' if all(checks.values()) else 'MISSED'} on {target.name} "
-            f"at batch {latency.batch}: {stated}; vs ONNX Runtime on {parity['samples']} {kind}: top-1 "
+            f"at batch {latency.batch}: {stated} ({where}); vs ONNX Runtime on {parity['samples']} {kind}: top-1 "
             f"agreement {parity['top1_agreement']:.3f}, max |logit difference| {parity['max_abs_diff']:.3g} "
             f"(tolerance {LOGIT_ATOL})")
 

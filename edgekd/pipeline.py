@@ -34,13 +34,12 @@ from edgekd.stages.prune import PruneStage
 from edgekd.stages.quantize import QuantizeStage
 from edgekd.stages.teacher import Teacher, TeacherSource, default_cache_dir, obtain_teacher
 from edgekd.train import correct_onnx, predict_onnx
-from edgekd.measure.target_latency import host_latency, off_target_label, on_target_device, target_latency
+from edgekd.measure.target_latency import off_target_label, on_target_device, target_latency
 
 STAGES = (DistillStage(), PruneStage(), QuantizeStage())  # in this order; nothing prunes after QAT
 FP32_ONNX = "student.fp32.onnx"
 EVAL_THREADS = 2  # ONNX Runtime threads for measuring accuracy on the exported files
 REPORT = "report.json"
-REFERENCE_ARCH = "edgekd_resnet"  # the fixed model every run also times, to normalise latency
 
 
 @dataclass
@@ -228,22 +227,15 @@ def _latencies(ctx: StageContext, records: list[dict], measure_here: bool) -> li
 
 
 def _reference(ctx: StageContext, student_onnx: Path) -> dict:
-    """Time a fixed reference model beside the student on this host: latency ratios between the two
-    are comparable across machines and runs, where absolute milliseconds are not."""
-    torch.manual_seed(0)
-    reference = create_model(REFERENCE_ARCH, ctx.data.num_classes, ctx.data.input_shape).eval()
-    path = ctx.run.path("stages/reference.onnx")
-    export_onnx(reference, ctx.example, path, ctx.profile.export.opset)
-    batch = ctx.target.input.batch
-    ref = host_latency(path, ctx.target.threads, batch, label="reference latency")
-    student = host_latency(student_onnx, ctx.target.threads, batch, label="student host latency")
-    return {
-        "model": f"{REFERENCE_ARCH} (seed 0, untrained)",
-        "onnx": ctx.run.relative(path),
-        "reference_ms": ref.as_dict(),
-        "student_ms": student.as_dict(),
-        "normalised_latency": student.p50 / ref.p50,
-    }
+    """What the CI gate compares: the student timed beside a fixed reference that scales like it
+    (edgekd.measure.gate), so the ratio is comparable across machines where milliseconds are not."""
+    from edgekd.measure.gate import build_reference, gate_latency, reference_description
+
+    scheme = ctx.target.activation_scheme
+    path, macs = build_reference(ctx.run.path("stages/reference.onnx"), ctx.data.num_classes, ctx.data.input_shape,
+                                 scheme, ctx.profile.export.opset)
+    return {"model": reference_description(scheme), "macs": macs, "onnx": ctx.run.relative(path),
+            **gate_latency(student_onnx, path)}
 
 
 def _layers(ctx: StageContext, final: dict, onnx_path: Path) -> list[dict]:

@@ -1,4 +1,4 @@
-"""The regression gate on real measurements: a planted slow-down (the same student at 8x the
+"""The regression gate on real measurements: a planted slow-down (the same student at 4x the
 width) must fail it, the same student must pass it, and the CLI must say so in its exit code."""
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ from typer.testing import CliRunner
 
 from edgekd.check import GateResult, compare
 from edgekd.cli import app
+from edgekd.config import ActivationScheme, load_target
 from edgekd.errors import BadInputError, ExitCode
+from edgekd.measure.estimate import estimate_layers
+from edgekd.measure.gate import build_reference, gate_latency, reference_description
 from edgekd.models import create_model
 from edgekd.onnx_export import export_onnx
-from edgekd.pipeline import REFERENCE_ARCH
-from edgekd.measure.target_latency import host_latency
 
 INPUT_SHAPE = (1, 28, 28)
-THREADS = 1  # one core: the machine is shared, and the ratio does not need more
+QUICK = {"rounds": 3}  # the gate's own timing per round, fewer rounds
 
 
 def _export(arch: str, width: float, path: Path) -> Path:
@@ -29,31 +30,27 @@ def _export(arch: str, width: float, path: Path) -> Path:
     return export_onnx(model, torch.zeros(1, *INPUT_SHAPE), path)
 
 
-def _report(student: Path, reference: Path, accuracy: float) -> dict:
+def _report(student: Path, reference: Path, macs: int, accuracy: float) -> dict:
     """The parts of report.json the gate reads, filled in the way pipeline._reference fills them."""
-    ref = host_latency(reference, THREADS, 1, label="reference latency")
-    own = host_latency(student, THREADS, 1, label="student host latency")
+    student_macs = sum(layer.macs for layer in estimate_layers(student, load_target("host-cpu"), 1))
     return {
-        "stages": [{"name": "quantize", "accuracy": accuracy}],
-        "reference": {
-            "model": f"{REFERENCE_ARCH} (seed 0, untrained)",
-            "reference_ms": ref.as_dict(),
-            "student_ms": own.as_dict(),
-            "normalised_latency": own.p50 / ref.p50,
-        },
+        "target": {"name": "host-cpu"},
+        "stages": [{"name": "quantize", "accuracy": accuracy, "macs": student_macs}],
+        "reference": {"model": reference_description(ActivationScheme.SYMMETRIC), "macs": macs,
+                      **gate_latency(student, reference, **QUICK)},
     }
 
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory) -> dict[str, dict]:
     folder = tmp_path_factory.mktemp("gate")
-    reference = _export(REFERENCE_ARCH, 1.0, folder / "reference.onnx")
+    reference, macs = build_reference(folder / "reference.onnx", 10, INPUT_SHAPE, ActivationScheme.SYMMETRIC, 17)
     small = _export("edgekd_cnn", 0.5, folder / "small.onnx")
-    big = _export("edgekd_cnn", 4.0, folder / "big.onnx")  # ~50x the MACs: the planted slow-down
+    big = _export("edgekd_cnn", 2.0, folder / "big.onnx")  # ~16x the MACs: the planted slow-down
     return {
-        "baseline": _report(small, reference, 0.90),
-        "again": _report(small, reference, 0.90),  # the same student, timed again
-        "slower": _report(big, reference, 0.90),
+        "baseline": _report(small, reference, macs, 0.90),
+        "again": _report(small, reference, macs, 0.90),  # the same student, timed again
+        "slower": _report(big, reference, macs, 0.90),
     }
 
 
@@ -76,10 +73,11 @@ def test_planted_slowdown_fails(reports):
     assert not result.ok
     old = reports["baseline"]["reference"]["normalised_latency"]
     new = reports["slower"]["reference"]["normalised_latency"]
-    assert new > 2 * old
+    assert new > 4 * old
     assert result.lines[0] == (f"latency: normalised {old:.3f} -> {new:.3f} ({new / old - 1:+.1%}, "
                                "tolerance 100%): REGRESSION")
-    assert result.lines[1].endswith(": ok")  # accuracy did not move
+    assert result.lines[1].startswith("work: MACs per image ") and result.lines[1].endswith("REGRESSION")
+    assert result.lines[2].endswith(": ok")  # accuracy did not move
     assert result.lines[-1].startswith("FAIL")
 
 
@@ -96,7 +94,7 @@ def _with_accuracy(report: dict, accuracy: float) -> dict:
 def test_accuracy_drop_beyond_tolerance_fails(reports):
     result = compare(_with_accuracy(reports["baseline"], 0.885), reports["baseline"], 0.10, 0.01)
     assert not result.ok
-    assert result.lines[1] == "accuracy: top-1 90.00% -> 88.50% (-1.50 points, tolerance 1.00 points): REGRESSION"
+    assert result.lines[2] == "accuracy: top-1 90.00% -> 88.50% (-1.50 points, tolerance 1.00 points): REGRESSION"
 
 
 def test_accuracy_drop_within_tolerance_passes(reports):
@@ -128,11 +126,11 @@ def test_empty_stages_is_bad_input(reports):
         compare(broken, reports["baseline"], 0.1, 0.01)
 
 
-def _invoke(tmp_path: Path, report: dict, baseline: dict):
+def _invoke(tmp_path: Path, report: dict, baseline: dict, *more: str):
     report_path, baseline_path = tmp_path / "report.json", tmp_path / "baseline.json"
     report_path.write_text(json.dumps(report))
     baseline_path.write_text(json.dumps(baseline))
-    return CliRunner().invoke(app, ["check", str(report_path), "--baseline", str(baseline_path)])
+    return CliRunner().invoke(app, ["check", str(report_path), "--baseline", str(baseline_path), *more])
 
 
 def test_cli_exits_4_on_regression(tmp_path, reports):
@@ -145,3 +143,50 @@ def test_cli_exits_0_on_pass(tmp_path, reports):
     result = _invoke(tmp_path, reports["baseline"], reports["baseline"])
     assert result.exit_code == ExitCode.OK == 0, result.output
     assert "PASS" in result.output
+
+
+@pytest.mark.parametrize(("path", "value", "says"), [
+    (("target", "name"), "mobile-cpu", "target is 'mobile-cpu' now, 'host-cpu' in the baseline"),
+    (("reference", "threads"), 2, "gate threads is 2 now, 1 in the baseline"),
+    (("reference", "batch"), 1, "gate batch is 1 now, 16 in the baseline"),
+    (("reference", "macs"), 1, "gate macs is 1 now"),
+    (("stages", -1, "name"), "prune", "final stage is 'prune' now, 'quantize' in the baseline"),
+])
+def test_incomparable_runs_fail_unless_allowed(tmp_path, reports, path, value, says):
+    changed = copy.deepcopy(reports["baseline"])
+    parent = changed
+    for part in path[:-1]:
+        parent = parent[part]
+    parent[path[-1]] = value
+    result = compare(changed, reports["baseline"], 0.10, 0.01)
+    assert not result.ok and any(line.startswith("MISMATCH: ") and says in line for line in result.lines)
+    assert result.lines[-1].startswith("FAIL: the runs are not comparable")
+    allowed = compare(changed, reports["baseline"], 0.10, 0.01, allow_mismatch=True)
+    assert allowed.ok and any(line.startswith("note: ") and says in line for line in allowed.lines)
+    assert _invoke(tmp_path, changed, reports["baseline"]).exit_code == ExitCode.REGRESSION
+    assert _invoke(tmp_path, changed, reports["baseline"], "--allow-mismatch").exit_code == ExitCode.OK
+
+
+def test_a_baseline_from_the_old_gate_is_not_comparable(reports):
+    old = copy.deepcopy(reports["baseline"])
+    for key in ("batch", "threads", "macs"):
+        del old["reference"][key]
+    result = compare(reports["baseline"], old, 0.10, 0.01)
+    assert not result.ok and any("older edgekd: regenerate it" in line for line in result.lines)
+
+
+def _with_macs(report: dict, factor: float) -> dict:
+    changed = copy.deepcopy(report)
+    changed["stages"][-1]["macs"] = round(changed["stages"][-1]["macs"] * factor)
+    return changed
+
+
+def test_more_macs_beyond_tolerance_fails_whatever_the_timing(reports):
+    base = reports["baseline"]
+    result = compare(_with_macs(base, 1.5), base, 0.10, 0.01)
+    macs = base["stages"][-1]["macs"]
+    assert not result.ok
+    assert result.lines[1] == (f"work: MACs per image {macs:,} -> {round(macs * 1.5):,} (+50.0%, tolerance 10%): "
+                               "REGRESSION")
+    assert compare(_with_macs(base, 1.05), base, 0.10, 0.01).ok
+    assert compare(_with_macs(base, 1.5), base, 0.10, 0.01, macs_tolerance=0.6).ok

@@ -70,12 +70,16 @@ def test_epoch_checkpoints_load_with_weights_only(fashion_slice, tmp_path, quant
 
 
 def test_every_checkpoint_of_a_run_and_the_teacher_cache_loads_with_weights_only(smoke_run, cache_dir):
-    run_dir, _, _ = smoke_run
+    run_dir, report, _ = smoke_run
     files = sorted(run_dir.rglob("*.pt")) + sorted(cache_dir.rglob("*.pt"))
     assert {p.name for p in run_dir.glob("checkpoints/*.pt")} == {"distill.pt", "prune.pt"}
     assert any(p.is_relative_to(cache_dir) for p in files)
     for path in files:
         assert isinstance(torch.load(path, map_location="cpu", weights_only=True), dict), path
+    stages = {s["name"]: s for s in report["stages"]}
+    for name in ("distill", "prune"):  # rebuilt with their pruned shapes, from tensors and JSON
+        model = checkpoints.load_stage_model(run_dir, name)
+        assert count(model, torch.zeros(1, 1, 28, 28)) == (stages[name]["macs"], stages[name]["params"])
 
 
 def test_a_run_folder_from_an_older_edgekd_is_refused(smoke_run, cache_dir, tmp_path):

@@ -87,12 +87,13 @@ def test_bench_estimates_where_the_target_is_not_here(smoke_run):
 
 
 def test_project_ci_latency_gate_against_the_committed_baseline(smoke_run):
-    """The project's own regression gate: the smoke student against tests/baselines/smoke-host-cpu.json.
-    Tolerances are wide because CI machines are noisy at these sub-millisecond latencies; the
-    gate's own tests show it catches a planted slow-down."""
+    """The project's own regression gate: the smoke student against tests/baselines/smoke-host-cpu.json
+    (made on another day, under another load, possibly on another CPU). 25% is about 4x the spread
+    of the normalised latency measured across CPU configurations (README "CI latency gate");
+    tests/test_gate.py shows a planted 1.5x-MAC student failing against the same baseline."""
     run_dir, _, _ = smoke_run
     done = edgekd("check", str(run_dir / "report.json"), "--baseline", str(REPO / "tests/baselines/smoke-host-cpu.json"),
-                  "--tolerance", "0.5", "--accuracy-tolerance", "0.05")
+                  "--tolerance", "0.25", "--accuracy-tolerance", "0.05")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "PASS" in done.stdout
 

@@ -83,9 +83,3 @@ def target_latency(onnx_path: Path, target: Target, batch: int | None = None, la
         why = "no TensorRT engine was built for this model"
     return TargetLatency(estimate, estimate, why, False)
 
-
-def host_latency(onnx_path: Path, threads: int, batch: int, label: str = "host latency") -> Latency:
-    """ONNX Runtime on this CPU: what the regression gate normalises, whatever the target."""
-    from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner
-
-    return OnnxRuntimeRunner(onnx_path, threads).measure(batch, label=label)

@@ -1,0 +1,66 @@
+"""The CI gate on the real smoke student: it passes the unchanged student timed under another CPU
+configuration, and fails a planted student with 1.5x the MACs against the committed baseline.
+How the normalisation was chosen, with numbers: benchmarks/gate.py and README "CI latency gate"."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from edgekd.check import compare
+from edgekd.measure.gate import GATE_THREADS, gate_latency
+from tests.conftest import REPO, edgekd
+from tests.plant import plant_student
+
+BASELINE = REPO / "tests" / "baselines" / "smoke-host-cpu.json"
+CI_TOLERANCE = 0.25  # what tests/test_pipeline.py and the README give `edgekd check --tolerance`
+
+
+def _with_gate(report: dict, timed: dict) -> dict:
+    changed = copy.deepcopy(report)
+    changed["reference"].update(timed)
+    return changed
+
+
+def test_unchanged_student_passes_under_another_cpu_configuration(smoke_run):
+    """Baseline timed with 1 thread, the same files re-timed with 2: another 'machine' for ONNX
+    Runtime's kernels and scheduling. The ratio must stay within the CI tolerance; the thread
+    mismatch itself fails unless allowed."""
+    run_dir, report, _ = smoke_run
+    student, reference = run_dir / report["student"]["onnx"], run_dir / report["reference"]["onnx"]
+    one = _with_gate(report, gate_latency(student, reference, threads=GATE_THREADS))
+    two = _with_gate(report, gate_latency(student, reference, threads=2))
+    assert one["reference"]["reference_ms"]["p50"] != two["reference"]["reference_ms"]["p50"]
+    allowed = compare(two, one, CI_TOLERANCE, 0.0, allow_mismatch=True)
+    assert allowed.ok, allowed.lines
+    strict = compare(two, one, CI_TOLERANCE, 0.0)
+    assert not strict.ok and any(line.startswith("MISMATCH: gate threads is 2 now, 1") for line in strict.lines)
+
+
+@pytest.fixture(scope="module")
+def planted(smoke_run, tmp_path_factory):
+    run_dir, _, _ = smoke_run
+    return plant_student(run_dir, 1.5, tmp_path_factory.mktemp("plant") / "planted.int8.onnx")
+
+
+def test_a_student_with_1_5x_the_macs_fails_against_the_committed_baseline(smoke_run, planted, tmp_path):
+    """The planted student is timed by the gate like a real run's (its normalised latency goes into
+    the report), and its MACs are what the gate's work check reads."""
+    run_dir, report, _ = smoke_run
+    path, macs, final_macs = planted
+    assert 1.5 <= macs / final_macs < 1.6
+    timed = gate_latency(path, run_dir / report["reference"]["onnx"])
+    planted_report = _with_gate(report, timed)
+    planted_report["stages"][-1]["macs"] = macs
+    (tmp_path / "report.json").write_text(json.dumps(planted_report))
+    done = edgekd("check", str(tmp_path / "report.json"), "--baseline", str(BASELINE),
+                  "--tolerance", str(CI_TOLERANCE), "--accuracy-tolerance", "0.05")
+    assert done.returncode == 4, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("latency: normalised")  # measured, reported, but not what fails it:
+    # on this small a model 1.5x the MACs moves the time less than CI noise (README "CI latency gate")
+    old_macs = json.loads(BASELINE.read_text())["stages"][-1]["macs"]
+    assert lines[1].startswith(f"work: MACs per image {old_macs:,} -> {macs:,} (+5") and lines[1].endswith("REGRESSION")
+    assert "MISMATCH" not in done.stdout  # comparable runs: it fails on work, not on comparability
