@@ -30,9 +30,9 @@ import torch
 
 from edgekd.config import load_profile, load_target
 from edgekd.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, read_idx
+from edgekd.metrics import count
 from edgekd.models import create_model
 from edgekd.pipeline import CompressOptions, budget_fit, compress
-from edgekd.stages.prune import count
 from edgekd.stages.prune_budget import int8_latency
 from edgekd.stages.teacher import TeacherSource
 
