@@ -121,6 +121,11 @@ def print_report(report: dict, run_dir: Path, boxed: bool | None = None) -> None
     out.print(("[green]" if latency_met else "[red]") + budget["verdict"], highlight=False)
     if "accuracy" in budget:
         out.print(("[green]" if budget["accuracy"]["met"] else "[red]") + budget["accuracy"]["verdict"], highlight=False)
+    from edgekd.pipeline import budget_fit
+
+    fitted = budget_fit(report)
+    if fitted is not None:
+        out.print(("[green]" if fitted["met"] else "[red]") + fitted["message"], soft_wrap=True, highlight=False)
     out.print(f"run folder: {run_dir}  (open {run_dir / 'report.html'})", highlight=False)
 
 

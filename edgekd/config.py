@@ -231,9 +231,20 @@ class DistillConfig(Strict):
 
 class PruneConfig(Strict):
     enabled: bool = True
+    goal: Literal["ratio", "budget"] = "ratio"  # ratio: remove `ratio` (by channels or MACs); budget: prune
+    #   step by step (NetAdapt) until the target's INT8 latency fits its budget less `margin`
     ratio: Fraction = 0.5  # share of prunable channels (or of MACs, with by = "macs") removed
     by: Literal["channels", "macs"] = "channels"
-    importance: Literal["l1", "l2", "taylor", "random"] = "l2"
+    margin: Fraction = 0.1  # budget goal: stay this fraction of the budget under it (0.1: at most 90%)
+    max_steps: PositiveInt = 30  # budget goal: give up (exit 3) after this many prune-and-recover steps
+    step_fraction: Annotated[float, Field(gt=0, le=0.5)] = 0.1  # budget goal: each per-layer candidate
+    #   removes this share of its layer group's channels (at least `round_to`)
+    candidate_samples: PositiveInt = 512  # budget goal: validation images that score each candidate
+    importance: Literal["l1", "l2", "taylor", "group_norm", "random"] = "l2"
+    sparse_epochs: Annotated[int, Field(ge=0)] = 1  # group_norm: regularised sparse training before pruning
+    reg: Positive = 5e-4  # group_norm: the group-lasso coefficient (Torch-Pruning's GroupNormPruner `reg`)
+    importance_samples: PositiveInt = 256  # taylor: a seeded, class-stratified batch of training images
+    round_to: PositiveInt = 4  # channel counts stay multiples of this (8 suits most INT8 CPU kernels)
     global_pruning: bool = False
     steps: PositiveInt = 2  # iterative: prune a slice, recover, repeat
     epochs_per_step: PositiveInt = 1

@@ -305,7 +305,9 @@ def _compress(options: CompressOptions) -> CompressResult:
         report = _finish(ctx, records, options, data, time.perf_counter() - started)
     distributed.barrier()
     report = distributed.broadcast(report)
-    code = ExitCode.OK if report["budget"]["met"] else ExitCode.BUDGET_MISSED
+    fitted = budget_fit(report)
+    met = report["budget"]["met"] and (fitted is None or fitted["met"])
+    code = ExitCode.OK if met else ExitCode.BUDGET_MISSED
     return CompressResult(report, run_dir, code)
 
 
@@ -375,6 +377,15 @@ def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, da
     write_html(report, run.root)
     atomic_write_json(run.path(REPORT), report)
     return report
+
+
+def budget_fit(report: dict) -> dict | None:
+    """The prune stage's budget record (goal = "budget"): whether pruning fitted the target's budget
+    within the accuracy floor, with both numbers; None for other goals."""
+    for stage in report["stages"]:
+        if "budget_fit" in stage.get("details", {}):
+            return stage["details"]["budget_fit"]
+    return None
 
 
 def read_report(path: Path) -> dict:

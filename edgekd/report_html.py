@@ -17,6 +17,7 @@ from edgekd.runfolder import atomic_write_bytes, atomic_write_text
 REPORT_HTML = "report.html"
 ACCURACY_LATENCY_PNG = "accuracy_latency.png"
 LAYERS_PNG = "layers.png"
+PRUNE_PATH_PNG = "prune_path.png"  # only for the budget goal: latency and accuracy step by step
 TOP_LAYERS = 20
 MEASURED_COLOUR, ESTIMATED_COLOUR, BUDGET_COLOUR = "#1f6fb4", "#e07b00", "#c0392b"
 
@@ -29,6 +30,10 @@ def write_html(report: dict, run_dir: Path) -> Path:
         png = draw(report)
         atomic_write_bytes(run_dir / name, png)
         plots[name] = png
+    path_png = _prune_path_png(report)
+    if path_png is not None:
+        atomic_write_bytes(run_dir / PRUNE_PATH_PNG, path_png)
+        plots[PRUNE_PATH_PNG] = path_png
     path = run_dir / REPORT_HTML
     atomic_write_text(path, _page(report, plots))
     return path
@@ -179,6 +184,68 @@ def _layers_png(report: dict) -> bytes:
     return _png(figure)
 
 
+def _prune_fit(report: dict) -> tuple[list[dict], dict] | None:
+    """The budget goal's path and verdict from the prune stage's details, if this run has them."""
+    for stage in report["stages"]:
+        details = stage.get("details") or {}
+        if details.get("path") and details.get("budget_fit"):
+            return details["path"], details["budget_fit"]
+    return None
+
+
+def _prune_path_png(report: dict) -> bytes | None:
+    """Budget-driven pruning, step by step: INT8 latency on the target (with the budget and the goal
+    under its margin) and validation top-1 (with the accuracy floor)."""
+    found = _prune_fit(report)
+    if found is None:
+        return None
+    path, fit = found
+    figure = _figure(7.5, 4.6)
+    latency_axes = figure.add_subplot()
+    accuracy_axes = latency_axes.twinx()
+    steps = [p["step"] for p in path]
+    latency_axes.plot(steps, [p["latency_ms"] for p in path], "o-", color=ESTIMATED_COLOUR
+                      if path[0]["latency_source"] != "measured" else MEASURED_COLOUR, label="INT8 p50 latency")
+    latency_axes.axhline(fit["budget_ms"], color=BUDGET_COLOUR, lw=1.4, label=f"budget {_ms(fit['budget_ms'])} ms")
+    latency_axes.axhline(fit["goal_ms"], color=BUDGET_COLOUR, lw=1.0, ls="--",
+                         label=f"budget less margin {_ms(fit['goal_ms'])} ms")
+    accuracy_axes.plot(steps, [100 * p["val_accuracy"] for p in path], "s-", color="#2e8b57", label="val top-1")
+    if fit.get("floor") is not None:
+        accuracy_axes.axhline(100 * fit["floor"], color="#2e8b57", lw=1.0, ls=":", label="accuracy floor")
+    for p in path:
+        if p.get("kept") is False:
+            latency_axes.scatter([p["step"]], [p["latency_ms"]], marker="x", s=80, color=BUDGET_COLOUR, zorder=4)
+        latency_axes.annotate(f"{p['macs'] / 1e6:.2f}M", (p["step"], p["latency_ms"]), xytext=(4, 5),
+                              textcoords="offset points", fontsize=7)
+    latency_axes.set_xlabel("pruning step (0: before pruning; labels: MACs; x: undone, below the floor)")
+    latency_axes.set_ylabel(f"INT8 p50 latency (ms) on {report['target']['name']}")
+    accuracy_axes.set_ylabel("validation top-1 (%)")
+    handles = latency_axes.get_legend_handles_labels()
+    more = accuracy_axes.get_legend_handles_labels()
+    latency_axes.legend(handles[0] + more[0], handles[1] + more[1], fontsize=8, loc="upper right")
+    latency_axes.set_title(f"Pruning to the budget: {'fitted' if fit['met'] else 'not fitted'}", fontsize=11)
+    latency_axes.grid(True, alpha=0.3)
+    latency_axes.xaxis.get_major_locator().set_params(integer=True)
+    return _png(figure)
+
+
+def _prune_path_section(report: dict, png: bytes | None) -> str:
+    found = _prune_fit(report)
+    if found is None or png is None:
+        return ""
+    path, fit = found
+    rows = "".join(
+        f"<tr><td>{p['step']}</td><td class=\"left\">{_e(p.get('layer') or '')}</td>"
+        f"<td>{p.get('removed', 0)}{'/' + str(p['channels']) if p.get('channels') else ''}</td>"
+        f"<td>{_ms(p['latency_ms'])}</td><td>{100 * p['val_accuracy']:.2f}%</td><td>{p['macs'] / 1e6:.2f}M</td>"
+        f"<td>{p['params']:,}</td><td>{'undone' if p.get('kept') is False else 'kept'}</td></tr>" for p in path)
+    head = ("<tr><th>step</th><th class=\"left\">layer pruned</th><th>channels removed</th><th>INT8 p50 ms</th>"
+            "<th>val top-1</th><th>MACs</th><th>params</th><th></th></tr>")
+    return (f"<h2>Pruning to the budget</h2><p class=\"note\">{_e(fit['message'])}.</p>"
+            f'<img src="{_data_uri(png)}" alt="latency and accuracy per pruning step, with the budget">'
+            f"<table>{head}{rows}</table>")
+
+
 # ---------------------------------------------------------------- page
 
 
@@ -260,6 +327,7 @@ def _page(report: dict, plots: dict[str, bytes]) -> str:
         "<h2>Per-layer latency</h2>",
         f'<p class="note">{_e(_layers_title(report))}.</p>',
         f'<img src="{_data_uri(plots[LAYERS_PNG])}" alt="per-layer latency of the final student">',
+        _prune_path_section(report, plots.get(PRUNE_PATH_PNG)),
         _reference(report),
         _artifacts(report),
         "</body></html>",

@@ -111,8 +111,10 @@ def fit(
     label: str,
     checkpoint: Path | None = None,
     fingerprint: str = "",
+    after_backward=None,
 ) -> TrainLog:
-    """Train `model` in place; with `checkpoint`, save every epoch and resume from the last one."""
+    """Train `model` in place; with `checkpoint`, save every epoch and resume from the last one.
+    `after_backward()`, if given, runs after each backward pass, before the optimizer step."""
     seed_everything(plan.seed)
     device = distributed.device()
     trainable = objective.trainable(model).to(device)
@@ -164,6 +166,9 @@ def fit(
                     loss = objective(wrapped(x), x, y)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
+                if after_backward is not None:  # e.g. group-lasso gradients for sparse training before pruning
+                    scaler.unscale_(optimizer)  # it adds to true gradients, not loss-scaled ones
+                    after_backward()
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
