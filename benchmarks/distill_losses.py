@@ -5,12 +5,14 @@ distillation schedule (epochs, learning rate, weight decay, batch size); only th
 Each seed starts every loss from the same initial weights and the same batch order, so the
 per-seed differences are paired.
 
-Two phases, so that no choice ever looks at the test set:
-1. *Selection*: each loss's candidate hyper-parameters (DKD beta, LS-KD base temperature, ...)
-   train on the training set minus a seeded, class-stratified validation split, and the best
-   validation top-1 wins (seed 0; ties go to the paper's default, listed first).
-2. *Report*: the chosen setting of each loss trains on the whole training set with every seed,
-   and is measured on the whole test set (10,000 images for Fashion-MNIST).
+The splits are the pipeline's own: `edgekd compress` trains on the training set minus a seeded,
+class-stratified validation split (`data.val_fraction`), chooses on validation, and only reports test.
+Here, likewise:
+1. *Selection*: each loss's candidate hyper-parameters (DKD beta, LS-KD base temperature) train
+   with the first seed, and the best validation top-1 wins (ties go to the paper's default,
+   listed first). A loss with a single setting (labels, the profile's KD) is not selected.
+2. *Report*: the chosen setting of each loss, every seed, measured on the whole test set
+   (10,000 images for Fashion-MNIST); the first seed's run is the selection run itself.
 
 The figure of merit is the share of the gap each loss closes:
 (top1_loss - top1_labels) / (top1_teacher - top1_labels), from the means over seeds.
@@ -36,17 +38,15 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
 
 from edgekd.config import DistillConfig, DKDConfig, LSKDConfig, Profile, load_profile
-from edgekd.data import load_data
+from edgekd.data import augmentations, load_data
 from edgekd.losses import CrossEntropyObjective, DistillationObjective
 from edgekd.models import create_model
 from edgekd.stages.teacher import TeacherSource, default_cache_dir, obtain_teacher
-from edgekd.train import TrainPlan, _bf16_supported, accuracy, fit, seed_everything
+from edgekd.train import TrainPlan, accuracy, fit, seed_everything
 
 OUT = Path(__file__).resolve().parent / "out" / "distill_losses.json"
-VAL_PER_CLASS = 500  # 5,000 validation images for Fashion-MNIST's 10 classes
 
 
 def candidates(profile: Profile, quick: bool) -> dict[str, list[DistillConfig | None]]:
@@ -54,7 +54,7 @@ def candidates(profile: Profile, quick: bool) -> dict[str, list[DistillConfig | 
     A loss with one setting is not trained on the validation split: there is nothing to choose.
     The grid is small because each setting costs a full training run on a shared 2-core CPU."""
     base = profile.distill.model_dump(exclude={"loss", "temperature", "alpha", "dkd", "lskd", "hint"})
-    kd = [DistillConfig(**base, loss="kd", temperature=4.0, alpha=0.9)]  # the profile's KD since the start
+    kd = [DistillConfig(**base, loss="kd", temperature=profile.distill.temperature, alpha=profile.distill.alpha)]
     dkd = [DistillConfig(**base, loss="dkd", dkd=DKDConfig(beta=b)) for b in (8.0, 2.0)]
     lskd = [DistillConfig(**base, loss="lskd", lskd=LSKDConfig(temperature=t)) for t in (2.0, 1.0)]
     grid = {"labels": [None], "kd": kd, "dkd": dkd, "lskd": lskd}
@@ -74,74 +74,17 @@ def describe(config: DistillConfig | None) -> str:
     return f"LS-KD T={c.temperature:g} weight={c.weight:g} CE={c.ce_weight:g}"
 
 
-def stratified_split(dataset: Dataset, per_class: int, seed: int) -> tuple[Subset, Subset]:
-    """(train minus validation, validation): `per_class` images of every class, drawn with `seed`."""
-    labels = torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))]) \
-        if not hasattr(dataset, "tensors") else dataset.tensors[1]
-    generator = torch.Generator().manual_seed(seed)
-    val = []
-    for label in labels.unique().tolist():
-        members = (labels == label).nonzero().flatten()
-        val += members[torch.randperm(len(members), generator=generator)[:per_class]].tolist()
-    held = set(val)
-    return Subset(dataset, [i for i in range(len(dataset)) if i not in held]), Subset(dataset, sorted(val))
-
-
-class WithTeacherLogits(Dataset):
-    """Each item's label carries the frozen teacher's logits for that image: [label, logits...].
-
-    Distillation trains without augmentation and the teacher is frozen in eval mode, so its logits
-    for an image never change: computing them once (as stages/distill.py's forward pass does, in
-    bf16 autocast) instead of in every step of every run halves each run's cost and changes nothing
-    but bf16 rounding."""
-
-    def __init__(self, dataset: Dataset, teacher: nn.Module, fast_math: bool = True):
-        self.dataset = dataset
-        chunks = []
-        teacher.eval()
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast_math and _bf16_supported(torch.device("cpu"))):
-            for x, _ in DataLoader(dataset, batch_size=512):
-                chunks.append(teacher(x).float())
-        self.logits = torch.cat(chunks)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        x, y = self.dataset[index]
-        return x, torch.cat([torch.tensor([float(y)]), self.logits[index]])
-
-
-class LabelsOf(nn.Module):
-    """Cross-entropy on the labels of a `WithTeacherLogits` item (the labels-only student)."""
-
-    def __init__(self):
-        super().__init__()
-        self.inner = CrossEntropyObjective()
-
-    def trainable(self, model: nn.Module) -> nn.Module:
-        return model
-
-    def forward(self, output, x, y):
-        return self.inner(output, x, y[:, 0].long())
-
-
-class PrecomputedDistillation(DistillationObjective):
-    """The profile's distillation loss, reading the teacher's logits from the batch."""
-
-    def forward(self, output, x, y):
-        return self.response(output, y[:, 1:], y[:, 0].long())
-
-
-def train_student(profile: Profile, data, teacher, train: WithTeacherLogits, config: DistillConfig | None, seed: int):
+def train_student(profile: Profile, data, teacher, config: DistillConfig | None, seed: int):
     """The profile's student from seed `seed`, trained like stages/distill.py with `config`'s loss."""
     seed_everything(seed)  # same initial weights for every loss
     student = create_model(profile.student.arch, data.num_classes, data.input_shape, profile.student.width)
     cfg = profile.distill
     plan = TrainPlan(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                     batch_size=profile.data.batch_size, seed=seed, workers=profile.data.workers, fast_math=True)
-    objective = LabelsOf() if config is None else PrecomputedDistillation(teacher, config)
-    fit(student, objective, train, plan, label=f"{describe(config)} seed {seed}")
+                     batch_size=profile.data.batch_size, seed=seed, workers=profile.data.workers, fast_math=True,
+                     augment=augmentations(profile.data, data), min_steps=cfg.min_steps)
+    objective = CrossEntropyObjective() if config is None else \
+        DistillationObjective(teacher, config).with_input_shape(data.input_shape)
+    fit(student, objective, data.train, plan, label=f"{describe(config)} seed {seed}")
     return student
 
 
@@ -154,25 +97,23 @@ def run(profile_name: str, seeds: list[int], cache_dir: Path, quick: bool, out: 
     profile = load_profile(profile_name)
     data = load_data(None, profile.data, seed=profile.seed)
     teacher = obtain_teacher(TeacherSource(), profile, data, cache_dir)
-    per_class = max(1, min(VAL_PER_CLASS, len(data.train) // (5 * data.num_classes)))
-    fit_split, val_split = stratified_split(data.train, per_class, profile.seed)
-    train_set = WithTeacherLogits(data.train, teacher.model)
-    fit_set = Subset(train_set, fit_split.indices)
     grid = candidates(profile, quick)
 
     selection: dict[str, list[dict]] = {}
     chosen: dict[str, DistillConfig | None] = {}
+    first: dict[str, tuple[nn.Module, float]] = {}  # the chosen setting's first-seed student, training seconds
     for name, options in grid.items():
-        selection[name] = []
-        for config in options if len(options) > 1 else []:
+        selection[name], students = [], []
+        for config in options:
             t0 = time.time()
-            student = train_student(profile, data, teacher.model, fit_set, config, seeds[0])
-            top1 = accuracy(student, val_split)
-            selection[name].append({"setting": describe(config), "val_top1": top1, "seconds": time.time() - t0,
-                                    "config": None if config is None else config.model_dump(mode="json")})
-            print(f"select {name:<6} {describe(config):<60} val top-1 {100 * top1:.2f}%", flush=True)
+            students.append((train_student(profile, data, teacher.model, config, seeds[0]), time.time() - t0))
+            if len(options) > 1:
+                top1 = accuracy(students[-1][0], data.val)
+                selection[name].append({"setting": describe(config), "val_top1": top1, "seconds": time.time() - t0,
+                                        "config": None if config is None else config.model_dump(mode="json")})
+                print(f"select {name:<6} {describe(config):<60} val top-1 {100 * top1:.2f}%", flush=True)
         best = max(range(len(selection[name])), key=lambda i: (selection[name][i]["val_top1"], -i), default=0)
-        chosen[name] = options[best]
+        chosen[name], first[name] = options[best], students[best]
 
     teacher_top1 = accuracy(teacher.model, data.test)
     rows: dict[str, dict] = {"teacher": {"setting": f"{profile.teacher.arch} w{profile.teacher.width:g}, "
@@ -181,6 +122,7 @@ def run(profile_name: str, seeds: list[int], cache_dir: Path, quick: bool, out: 
     for name, config in chosen.items():
         rows[name] = {"setting": describe(config), "top1": [], "seconds": [],
                       "config": None if config is None else config.model_dump(mode="json")}
+
     def summary(done: list[int]) -> dict:
         """The payload over the seeds done so far (written after each seed: a cut-off run keeps them)."""
         for row in rows.values():
@@ -195,12 +137,12 @@ def run(profile_name: str, seeds: list[int], cache_dir: Path, quick: bool, out: 
         payload = {
             "profile": profile.name,
             "quick": quick,
-            "dataset": {"name": data.name, "train": len(data.train), "fit": len(fit_split), "val": len(val_split),
-                        "test": len(data.test)},
+            "dataset": {"name": data.name, "train": len(data.train), "val": len(data.val), "test": len(data.test)},
             "teacher": {"origin": teacher.origin, "test_top1": teacher_top1},
             "student": f"{profile.student.arch} w{profile.student.width:g}",
             "schedule": {"epochs": profile.distill.epochs, "lr": profile.distill.lr,
-                         "weight_decay": profile.distill.weight_decay, "batch_size": profile.data.batch_size},
+                         "weight_decay": profile.distill.weight_decay, "batch_size": profile.data.batch_size,
+                         "min_steps": profile.distill.min_steps, "augment": list(augmentations(profile.data, data))},
             "selection": {"seed": seeds[0], "results": selection},
             "seeds_done": done,
             "rows": rows,
@@ -217,9 +159,10 @@ def run(profile_name: str, seeds: list[int], cache_dir: Path, quick: bool, out: 
     for index, seed in enumerate(seeds):
         for name, config in chosen.items():
             t0 = time.time()
-            student = train_student(profile, data, teacher.model, train_set, config, seed)
+            student, seconds = first[name] if index == 0 else \
+                (train_student(profile, data, teacher.model, config, seed), time.time() - t0)
             rows[name]["top1"].append(accuracy(student, data.test))
-            rows[name]["seconds"].append(time.time() - t0)
+            rows[name]["seconds"].append(seconds)  # training time of that student
             print(f"seed {seed}: {name:<6} test top-1 {100 * rows[name]['top1'][-1]:.2f}% "
                   f"({rows[name]['seconds'][-1]:.0f} s)", flush=True)
         payload = summary(seeds[: index + 1])
@@ -228,9 +171,9 @@ def run(profile_name: str, seeds: list[int], cache_dir: Path, quick: bool, out: 
 
 def print_report(payload: dict) -> None:
     ds = payload["dataset"]
-    print(f"\n{ds['name']}: selection trains on {ds['fit']} and validates on {ds['val']} (stratified, seeded); "
-          f"reported students train on {ds['train']} and are measured on {ds['test']} test images; "
-          f"student {payload['student']}, {payload['schedule']['epochs']} epochs each\n")
+    print(f"\n{ds['name']}: every student trains on {ds['train']} images; settings are chosen on {ds['val']} "
+          f"validation images (seeded, stratified) and reported on {ds['test']} test images; student "
+          f"{payload['student']}, {payload['schedule']['epochs']} epochs, augment {payload['schedule']['augment']}\n")
     print("| loss | validation top-1 % per setting (seed %d) |" % payload["selection"]["seed"])
     print("|---|---|")
     for name, results in payload["selection"]["results"].items():
