@@ -87,7 +87,8 @@ def small_teacher(fashion_slice):
     DistillConfig(loss="dkd", dkd=DKDConfig(beta=2.0)),
     DistillConfig(loss="dkd", dkd=DKDConfig(standardize=True, temperature=2.0)),
     DistillConfig(loss="lskd"),
-    DistillConfig(loss="dkd", hint=HintConfig(teacher_layer="features.2", student_layer="features.3")),
+    DistillConfig(loss="dkd", dkd=DKDConfig(beta=2.0),
+                  hint=HintConfig(teacher_layer="features.2", student_layer="features.3")),
 ], ids=["dkd", "ls-dkd", "lskd", "dkd+hint"])
 def test_each_loss_trains_a_student_on_real_data(fashion_slice, small_teacher, config):
     torch.manual_seed(0)
