@@ -219,14 +219,59 @@ class HintConfig(Strict):
     weight: Positive = 1.0
 
 
+class DKDConfig(Strict):
+    """Decoupled KD (Zhao et al., CVPR 2022): KD split into its target-class part (TCKD: the
+    binary "right class vs the rest" distribution) and its non-target part (NCKD: the
+    distribution among the wrong classes), each with its own weight. Defaults are the paper's
+    CIFAR-100 settings (mdistiller's configs): alpha 1, beta 8, T 4, cross-entropy weight 1,
+    the DKD term ramped in linearly over the first 20 of 240 epochs. The paper's beta depends
+    on the data (8 on CIFAR-100, 0.5 on ImageNet); choose it on a validation split."""
+
+    alpha: Annotated[float, Field(ge=0)] = 1.0  # TCKD weight
+    beta: Annotated[float, Field(ge=0)] = 8.0  # NCKD weight
+    temperature: Positive = 4.0
+    ce_weight: Annotated[float, Field(ge=0)] = 1.0  # weight of cross-entropy on the labels
+    warmup: Fraction = 20 / 240  # share of the training over which the DKD term rises from 0 to full
+    standardize: bool = False  # z-score both logits first (Sun et al. 2024): logit-standardised DKD
+
+
+class LSKDConfig(Strict):
+    """Logit-standardised KD (Sun et al., CVPR 2024): Hinton KD on z-scored logits, so the student
+    matches the teacher's logit *ranking and relative gaps*, not their scale or shift. Defaults
+    are the paper's CIFAR-100 settings (its repository's --base-temp 2 --kd-weight 9, with
+    mdistiller's KD cross-entropy weight 0.1)."""
+
+    temperature: Positive = 2.0  # base temperature, applied to the standardised logits
+    weight: Annotated[float, Field(ge=0)] = 9.0  # weight of T^2 * KL(teacher || student)
+    ce_weight: Annotated[float, Field(ge=0)] = 0.1  # weight of cross-entropy on the labels
+
+
+DistillLoss = Literal["kd", "dkd", "lskd"]
+
+
 class DistillConfig(Strict):
     epochs: PositiveInt = 3
     lr: Positive = 0.2
     weight_decay: Annotated[float, Field(ge=0)] = 5e-4
-    temperature: Positive = 4.0
-    alpha: Annotated[float, Field(ge=0, le=1)] = 0.9
-    hint: HintConfig | None = None
+    # The response (logit) loss: "kd" Hinton et al. 2015 (temperature, alpha below);
+    # "dkd" decoupled KD ([distill.dkd]); "lskd" logit-standardised KD ([distill.lskd]).
+    loss: DistillLoss = "kd"
+    temperature: Positive = 4.0  # KD: softmax temperature
+    alpha: Annotated[float, Field(ge=0, le=1)] = 0.9  # KD: weight of the soft term; labels get 1 - alpha
+    dkd: DKDConfig = DKDConfig()
+    lskd: LSKDConfig = LSKDConfig()
+    hint: HintConfig | None = None  # a feature term added to any of the three losses
     min_steps: NonNegativeInt = 400  # small data sets: at least this many optimizer steps
+
+    @model_validator(mode="after")
+    def _settings_fit_the_loss(self):
+        for name in ("dkd", "lskd"):
+            if name in self.model_fields_set and self.loss != name:
+                raise ValueError(f"[distill.{name}] is set but loss is '{self.loss}' (set loss = \"{name}\")")
+        if self.loss != "kd" and self.model_fields_set & {"temperature", "alpha"}:
+            raise ValueError(f"temperature and alpha are Hinton KD's; loss '{self.loss}' takes its own "
+                             f"from [distill.{self.loss}]")
+        return self
 
 
 class PruneConfig(Strict):

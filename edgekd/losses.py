@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekd.config import DistillConfig
+from edgekd.config import DistillConfig, DKDConfig, LSKDConfig
 from edgekd.errors import BadInputError
 
 
@@ -27,17 +27,65 @@ class CrossEntropyObjective(nn.Module):
         return F.cross_entropy(output.float(), y, label_smoothing=self.label_smoothing)
 
 
-def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float):
-    """Hinton et al.: alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)."""
-    student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
-    soft = F.kl_div(
+def kd_divergence(student_logits, teacher_logits, temperature: float):
+    """T^2 * KL(softmax(t/T) || softmax(s/T)), averaged over the batch."""
+    return temperature**2 * F.kl_div(
         F.log_softmax(student_logits / temperature, dim=1),
         F.log_softmax(teacher_logits / temperature, dim=1),
         reduction="batchmean",
         log_target=True,
     )
+
+
+def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float):
+    """Hinton et al.: alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)."""
+    student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
+    soft = kd_divergence(student_logits, teacher_logits, temperature)
+    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
+
+
+def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Each row z-scored: (z - mean) / std (Sun et al. 2024; sample std, as their code)."""
+    return (logits - logits.mean(dim=1, keepdim=True)) / (eps + logits.std(dim=1, keepdim=True))
+
+
+def _binary_and_rest(logits, labels, temperature: float):
+    """log [p_target, 1 - p_target] and the log-softmax among the non-target classes, at T."""
+    z = logits / temperature
+    target = z.gather(1, labels[:, None])
+    others = z[torch.ones_like(z, dtype=torch.bool).scatter_(1, labels[:, None], False)].view(z.shape[0], -1)
+    binary = torch.cat([target, others.logsumexp(1, keepdim=True)], dim=1)
+    return binary.log_softmax(1), others.log_softmax(1)
+
+
+def tckd_nckd(student_logits, teacher_logits, labels, temperature: float):
+    """DKD's two parts, each T^2 * KL(teacher || student) averaged over the batch:
+    TCKD over the binary (target, non-target) distribution, NCKD over the non-target classes.
+    Hinton KD = TCKD + (1 - p_target of the teacher) * NCKD, per sample (Zhao et al., eq. 1-4)."""
+    s_binary, s_rest = _binary_and_rest(student_logits, labels, temperature)
+    t_binary, t_rest = _binary_and_rest(teacher_logits, labels, temperature)
+
+    def kl(s, t):
+        return temperature**2 * F.kl_div(s, t, reduction="batchmean", log_target=True)
+
+    return kl(s_binary, t_binary), kl(s_rest, t_rest)
+
+
+def dkd_loss(student_logits, teacher_logits, labels, config: DKDConfig, ramp: float = 1.0):
+    """Zhao et al.: ce_weight * CE(s, y) + ramp * (alpha * TCKD + beta * NCKD); `ramp` is the warm-up."""
+    student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
     hard = F.cross_entropy(student_logits, labels)
-    return alpha * temperature**2 * soft + (1 - alpha) * hard
+    if config.standardize:
+        student_logits, teacher_logits = standardize(student_logits), standardize(teacher_logits)
+    tckd, nckd = tckd_nckd(student_logits, teacher_logits, labels, config.temperature)
+    return config.ce_weight * hard + ramp * (config.alpha * tckd + config.beta * nckd)
+
+
+def lskd_loss(student_logits, teacher_logits, labels, config: LSKDConfig):
+    """Sun et al.: ce_weight * CE(s, y) + weight * T^2 * KL on the z-scored logits (CE on the raw ones)."""
+    student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
+    soft = kd_divergence(standardize(student_logits), standardize(teacher_logits), config.temperature)
+    return config.ce_weight * F.cross_entropy(student_logits, labels) + config.weight * soft
 
 
 def find_module(model: nn.Module, name: str, who: str) -> nn.Module:
@@ -89,9 +137,9 @@ class DistillationObjective(nn.Module):
         self.teacher = teacher.eval()
         for parameter in self.teacher.parameters():
             parameter.requires_grad_(False)
-        self.temperature = config.temperature
-        self.alpha = config.alpha
+        self.config = config
         self.hint = config.hint
+        self.progress = 1.0  # share of this training done; `fit` updates it (DKD's warm-up reads it)
         self.teacher_tap = _FeatureTap(find_module(teacher, self.hint.teacher_layer, "teacher")) if self.hint else None
 
     def train(self, mode: bool = True):
@@ -125,13 +173,26 @@ class DistillationObjective(nn.Module):
         if self.teacher_tap is not None:
             self.teacher_tap.remove()
 
+    def set_progress(self, done: float) -> None:
+        self.progress = done
+
+    def response(self, logits, teacher_logits, y):
+        """The logit loss the profile chose (`distill.loss`)."""
+        cfg = self.config
+        if cfg.loss == "dkd":
+            ramp = min(1.0, self.progress / cfg.dkd.warmup) if cfg.dkd.warmup > 0 else 1.0
+            return dkd_loss(logits, teacher_logits, y, cfg.dkd, ramp)
+        if cfg.loss == "lskd":
+            return lskd_loss(logits, teacher_logits, y, cfg.lskd)
+        return kd_loss(logits, teacher_logits, y, cfg.temperature, cfg.alpha)
+
     def forward(self, output, x, y):
         with torch.no_grad():
             teacher_logits = self.teacher(x)
         if self.hint is None:
-            return kd_loss(output, teacher_logits, y, self.temperature, self.alpha)
+            return self.response(output, teacher_logits, y)
         logits, student_feature = output
-        loss = kd_loss(logits, teacher_logits, y, self.temperature, self.alpha)
+        loss = self.response(logits, teacher_logits, y)
         target = self.teacher_tap.value
         if student_feature.shape[-2:] != target.shape[-2:]:
             student_feature = F.adaptive_avg_pool2d(student_feature, target.shape[-2:])

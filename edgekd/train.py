@@ -157,7 +157,9 @@ def fit(
         wrapped.train()
         total, batches = 0.0, 0
         with progress_bar(f"{label} epoch {epoch + 1}/{epochs}", len(loader)) as advance:
-            for x, y in loader:
+            for step, (x, y) in enumerate(loader, start=epoch * len(loader)):
+                if hasattr(objective, "set_progress"):  # losses with a warm-up (DKD) read how far training is
+                    objective.set_progress(step / max(1, epochs * len(loader)))
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 x = augment(x, plan.augment, augment_rng)
                 if fast:
