@@ -34,6 +34,7 @@ def _report(student: Path, reference: Path, accuracy: float) -> dict:
     ref = host_latency(reference, THREADS, 1, label="reference latency")
     own = host_latency(student, THREADS, 1, label="student host latency")
     return {
+        "status": "complete",
         "stages": [{"name": "quantize", "accuracy": accuracy}],
         "reference": {
             "model": f"{REFERENCE_ARCH} (seed 0, untrained)",
