@@ -45,12 +45,14 @@ batch_size = {batch_size}
 arch = "edgekd_cnn"
 width = 0.25
 epochs = 1
+min_steps = 0
 [student]
 arch = "edgekd_cnn"
 width = 0.25
 [distill]
 epochs = {epochs}
 lr = {lr}
+min_steps = 0
 [prune]
 enabled = false
 [quantize]
@@ -552,8 +554,8 @@ def test_memory_exhaustion_is_one_line_and_exit_5(capsys, monkeypatch):
 def test_bench_times_a_dynamic_model_at_the_given_shape(tmp_path):
     from edgekd.bench import bench_model
 
-    result = bench_model(_dynamic_hw(tmp_path), "jetson-orin", 1, (1, 28, 28))
-    smaller = bench_model(_dynamic_hw(tmp_path), "jetson-orin", 1, (1, 8, 8))
+    result = bench_model(_dynamic_hw(tmp_path), "jetson-orin", 1, input_shape=(1, 28, 28))
+    smaller = bench_model(_dynamic_hw(tmp_path), "jetson-orin", 1, input_shape=(1, 8, 8))
     assert result.latency.p50 > smaller.latency.p50 > 0
 
 

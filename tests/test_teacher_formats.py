@@ -91,4 +91,6 @@ def test_every_teacher_format_runs_the_whole_pipeline(form, setting, tmp_path, c
     if form != "torchvision name + --teacher-weights":  # the same weights in four files: the same teacher
         model = setting["model"]
         assert teacher["params"] == sum(p.numel() for p in model.parameters())
-        assert teacher["accuracy"] == pytest.approx(accuracy(model, setting["data"].test), abs=1e-9)
+        # measured on the exported file, so within one image of PyTorch's own top-1
+        assert teacher["accuracy"] == pytest.approx(accuracy(model, setting["data"].test),
+                                                    abs=1.01 / len(setting["data"].test))
