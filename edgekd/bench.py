@@ -39,13 +39,16 @@ class BenchResult:
                 "latency_note": self.note, "budget": self.budget}
 
 
-def bench_model(model: Path, target: str, batch: int | None, measure_here: bool = False) -> BenchResult:
+def bench_model(model: Path, target: str, batch: int | None, measure_here: bool = False,
+                input_shape: tuple[int, int, int] | None = None) -> BenchResult:
     path = Path(model)
     if not path.is_file():
         raise BadInputError(f"model not found: {path}" if not path.exists() else f"{path} is not a file")
     suffix = path.suffix.lower()
     if suffix not in (".onnx", ".engine", ".xml"):
         raise BadInputError(f"{path}: expected an ONNX file (.onnx), a TensorRT engine (.engine) or an OpenVINO IR (.xml)")
+    if path.stat().st_size == 0:
+        raise BadInputError(f"{path}: empty file")
     spec = load_target(target)
     batch = batch or spec.input.batch
     if suffix == ".engine":
@@ -53,15 +56,102 @@ def bench_model(model: Path, target: str, batch: int | None, measure_here: bool 
     elif suffix == ".xml":
         latency, estimate, note = _openvino_ir_latency(path, spec, batch, measure_here)
     else:
-        from edgekd.measure.target_latency import target_latency
+        import tempfile
 
-        measured = target_latency(path, spec, batch, label=f"{path.name} latency", measure_here=measure_here)
+        from edgekd.measure.target_latency import measurable_here, target_latency
+
+        with tempfile.TemporaryDirectory(prefix="edgekd-bench-") as folder:
+            shape, timed = static_input(path, input_shape, Path(folder))
+            if measurable_here(spec, measure_here)[0]:
+                _fits_in_memory(path, batch, shape)
+            measured = target_latency(timed, spec, batch, label=f"{path.name} latency", measure_here=measure_here)
         latency, estimate, note = measured.latency, measured.estimate, measured.note
     budget = budget_verdict(spec, latency.as_dict(), path.stat().st_size, note)
     return BenchResult(latency, estimate, budget["met"], _summary(path, spec, latency, estimate, note, budget),
                        model=str(path), target=spec.name, note=note, budget=budget)
 
 
+def parse_input_shape(text: str | None) -> tuple[int, int, int] | None:
+    """`--input-shape C,H,W` (e.g. 3,224,224)."""
+    if text is None:
+        return None
+    try:
+        dims = tuple(int(d) for d in text.replace("x", ",").split(","))
+    except ValueError:
+        dims = ()
+    if len(dims) != 3 or not all(1 <= d <= 16384 for d in dims):
+        raise BadInputError(f"--input-shape {text!r}: expected C,H,W, three whole numbers from 1 to 16384 (e.g. 3,224,224)")
+    return dims
+
+
+def static_input(path: Path, input_shape: tuple[int, int, int] | None, folder: Path) -> tuple[tuple[int, int, int], Path]:
+    """The model's image shape (C, H, W), and a file to time whose only dynamic dimension is the batch.
+
+    An ONNX file whose height or width is dynamic is timed at `--input-shape` (written into a copy),
+    never at a made-up size; without `--input-shape` it is refused. So is a file that is not an
+    image classifier's graph: empty, not ONNX, or not exactly one float N x C x H x W input."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as err:
+        raise BadInputError(f"{path}: not an ONNX model ({type(err).__name__})") from None
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [value for value in model.graph.input if value.name not in initializers]
+    if not model.graph.node or not inputs or not model.graph.output:
+        raise BadInputError(f"{path}: not an ONNX model (no graph: {len(model.graph.node)} nodes, {len(inputs)} inputs)")
+    if len(inputs) != 1:
+        names = ", ".join(v.name for v in inputs)
+        raise BadInputError(f"{path}: takes {len(inputs)} inputs ({names}); edgekd benches image classifiers with one input")
+    value = inputs[0]
+    tensor = value.type.tensor_type
+    if tensor.elem_type != onnx.TensorProto.FLOAT:
+        kind = onnx.TensorProto.DataType.Name(tensor.elem_type) if tensor.elem_type else "no tensor type"
+        raise BadInputError(f"{path}: input '{value.name}' is {kind}; edgekd feeds float32 images")
+    dims = tensor.shape.dim
+    if len(dims) != 4:
+        raise BadInputError(f"{path}: input '{value.name}' has {len(dims)} dimensions; edgekd feeds N x C x H x W images")
+    fixed = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims[1:]]
+    if input_shape is not None:
+        clash = [f"{name} {f} in the file" for name, f, g in zip("CHW", fixed, input_shape) if f is not None and f != g]
+        if clash:
+            raise BadInputError(f"{path}: --input-shape {','.join(map(str, input_shape))} disagrees with the model "
+                                f"({', '.join(clash)})")
+        shape = input_shape
+    elif None in fixed:
+        free = "".join(name for name, f in zip("CHW", fixed) if f is None)
+        raise BadInputError(f"{path}: input '{value.name}' has dynamic {'/'.join(free)}; "
+                            f"give the size to time with --input-shape C,H,W")
+    else:
+        return tuple(fixed), path
+    if None not in fixed:
+        return shape, path
+    for d, size in zip(dims[1:], shape):
+        d.Clear()
+        d.dim_value = size
+    copy = folder / path.name
+    onnx.save(model, str(copy))
+    return tuple(shape), copy
+
+
+def _fits_in_memory(path: Path, batch: int, shape: tuple[int, int, int]) -> None:
+    """One line, not an allocation failure halfway through: the input batch alone must fit in a
+    quarter of this machine's memory."""
+    import os
+
+    needed = batch * shape[0] * shape[1] * shape[2] * 4
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return
+    if needed > total // 4:
+        raise EnvironmentProblem(f"{path}: a batch of {batch} images of {'x'.join(map(str, shape))} needs "
+                                 f"{needed / 2**30:.1f} GiB for the input alone; this machine has "
+                                 f"{total / 2**30:.1f} GiB (use a smaller --batch)")
+
+
+def _engine_latency(path: Path, target: Target, batch: int) -> tuple[Latency, Latency | None, str]:
+    """Measured with TensorRT; estimated too when the ONNX file it was built from lies beside it."""
 def _engine_latency(path: Path, target: Target, batch: int, measure_here: bool) -> tuple[Latency, Latency | None, str]:
     """Measured with TensorRT on the target's device (or anywhere with `measure_here`, labelled);
     estimated too when the ONNX file it was built from lies beside it."""

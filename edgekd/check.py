@@ -43,6 +43,18 @@ def _number(report: dict, name: str, *keys: str | int) -> float:
     return float(value)
 
 
+def require_complete(report: object, name: str, *, required: bool) -> dict:
+    """The report, if a run finished it (`"status": "complete"`); else a one-line refusal.
+    `required=False` (the baseline) also accepts a report from before edgekd wrote a status."""
+    if not isinstance(report, dict):
+        raise BadInputError(f"{name}: not an edgekd report.json (a JSON object)")
+    status = report.get("status")
+    if status == "complete" or (status is None and not required):
+        return report
+    raise BadInputError(f"{name}: the run that wrote it did not complete (status {status!r}); "
+                        "rerun or resume it before checking it")
+
+
 def _percent(fraction: float) -> str:
     return f"{100 * fraction:.3g}%"
 

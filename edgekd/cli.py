@@ -51,18 +51,19 @@ def compress(
     target: Annotated[Optional[str], typer.Option(help="Target name (see `edgekd targets list`) or a TOML file. [default: jetson-orin]")] = None,
     profile: Annotated[Optional[str], typer.Option(help="Recipe name (see `edgekd profiles list`) or a TOML file. [default: default]")] = None,
     data: Annotated[Optional[str], typer.Option(help="ImageFolder tree (train/ + val/, or one tree split by the profile's val_fraction). Default: Fashion-MNIST from Debian's dataset-fashion-mnist.")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Square size ImageFolder images are resized to. [default: 32]", min=8)] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Square size ImageFolder images are resized to. [default: 32]", min=8, max=4096)] = None,
     teacher: Annotated[Optional[str], typer.Option(help="Teacher: an edgekd checkpoint, a state dict (+ --teacher-arch), a TorchScript or torch.export (.pt2) file, or an architecture name with --teacher-weights. Default: train the built-in teacher once and cache it.")] = None,
     teacher_arch: Annotated[Optional[str], typer.Option(help="Architecture of a bare state-dict --teacher.")] = None,
     teacher_weights: Annotated[Optional[str], typer.Option(help="Weights file for a named --teacher architecture.")] = None,
     student: Annotated[Optional[str], typer.Option(help="Student architecture: edgekd_cnn, mobilenet_v3_small, resnet18, edgekd_resnet. [default: the profile's]")] = None,
-    width: Annotated[Optional[float], typer.Option(help="Student width multiplier. [default: the profile's]", min=0.05)] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed; the same command and seed give the same model. [default: the profile's]")] = None,
-    run_dir: Annotated[Optional[Path], typer.Option(help="Run folder. [default: runs/<timestamp>-<target>]")] = None,
+    width: Annotated[Optional[float], typer.Option(help="Student width multiplier. [default: the profile's]", min=0.05, max=16)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed; the same command and seed give the same model. [default: the profile's]", min=0, max=2**32 - 1)] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Run folder: a new or empty one (an existing run's needs --resume or --overwrite). [default: runs/<timestamp>-<target>, made unique]")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Resume this run folder: completed stages are skipped (if their inputs and config are unchanged), an interrupted stage restarts from its last epoch.")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Where the built-in teacher is cached.", envvar="EDGEKD_CACHE_DIR")] = None,
     device: Annotated[Optional[str], typer.Option(help="Where training runs: auto (CUDA when available), cpu, cuda or cuda:N. [default: auto]")] = None,
     measure_here: Annotated[bool, typer.Option(help="Time every stage on this machine even when it is not the target's device; the report and verdict say 'measured on <this machine>, not on <target device>'.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into --run-dir even if it holds an earlier run or other files (an earlier report is renamed report.previous.json).")] = False,
 ) -> None:
     """Run teacher -> distill -> prune -> QAT -> export -> verify, and check the student against the target's budget.
 
@@ -95,6 +96,8 @@ def compress(
         cache_dir=cache_dir,
         device=given["device"] or "auto",
         measure_here=measure_here,
+        resume=resume is not None,
+        overwrite=overwrite,
     )
     with contextlib.redirect_stdout(sys.stderr):  # libraries' progress (NNCF's bars) is not the result
         result = run_compress(options)
@@ -184,14 +187,15 @@ def _show(fields: dict, as_json: bool) -> None:
 def bench(
     model: Annotated[Path, typer.Argument(help="An ONNX file (or a TensorRT .engine where TensorRT runs, or an OpenVINO IR .xml).")],
     target: Annotated[str, typer.Option(help="Target name or TOML file.")] = "host-cpu",
-    batch: Annotated[Optional[int], typer.Option(help="Batch size. [default: the target's]", min=1)] = None,
+    batch: Annotated[Optional[int], typer.Option(help="Batch size. [default: the target's]", min=1, max=1_000_000)] = None,
     measure_here: Annotated[bool, typer.Option(help="Time the model on this machine even when it is not the target's device; the verdict says 'measured on <this machine>, not on <target device>'.")] = False,
+    input_shape: Annotated[Optional[str], typer.Option(help="C,H,W to time a model whose height/width are dynamic (e.g. 3,224,224).")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Measure (or, where the target is not this machine, estimate) one model's latency against a target's budget."""
-    from edgekd.bench import bench_model
+    from edgekd.bench import bench_model, parse_input_shape
 
-    result = bench_model(model, target, batch, measure_here)
+    result = bench_model(model, target, batch, measure_here, parse_input_shape(input_shape))
     if as_json:
         listing.emit_json(result.as_dict())
     else:
@@ -203,17 +207,19 @@ def bench(
 def check(
     report: Annotated[Path, typer.Argument(help="report.json of the run to check.")],
     baseline: Annotated[Path, typer.Option(help="report.json of the accepted baseline.")],
-    tolerance: Annotated[float, typer.Option(help="Allowed relative slow-down of the normalised latency.", min=0)] = 0.10,
-    accuracy_tolerance: Annotated[float, typer.Option(help="Allowed top-1 drop, in absolute terms (0.01 = 1 point).", min=0)] = 0.01,
+    tolerance: Annotated[float, typer.Option(help="Allowed relative slow-down of the normalised latency.", min=0, max=100)] = 0.10,
+    accuracy_tolerance: Annotated[float, typer.Option(help="Allowed top-1 drop, in absolute terms (0.01 = 1 point).", min=0, max=1)] = 0.01,
     as_json: JsonFlag = False,
     macs_tolerance: Annotated[float, typer.Option(help="Allowed relative growth of the final student's MACs per image.", min=0)] = 0.10,
     allow_mismatch: Annotated[bool, typer.Option(help="Compare even when target, gate threads/batch/reference or final stage differ (a note instead of a failure).")] = False,
 ) -> None:
     """CI latency regression gate: exit 4 when the student got slower or less accurate than the baseline, or the runs are not comparable."""
-    from edgekd.check import compare
+    from edgekd.check import compare, require_complete
     from edgekd.pipeline import read_report
 
-    result = compare(read_report(report), read_report(baseline), tolerance, accuracy_tolerance, macs_tolerance=macs_tolerance,
+    checked = require_complete(read_report(report), str(report), required=True)
+    accepted = require_complete(read_report(baseline), str(baseline), required=False)
+    result = compare(checked, accepted, tolerance, accuracy_tolerance, macs_tolerance=macs_tolerance,
                      report_name=str(report), baseline_name=str(baseline), allow_mismatch=allow_mismatch)
     if as_json:
         listing.emit_json(result.as_dict())
@@ -245,6 +251,20 @@ def _bad(message: str) -> EdgekdError:
     return BadInputError(message)
 
 
+def one_line(message: str) -> str:
+    """An error's one line. An error raised in a data-loader worker arrives wrapped in the worker's
+    traceback ("Caught X in DataLoader worker process 0. Original Traceback ..."): keep its last line,
+    the error itself, without the exception's module path."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return message.strip()
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "Traceback" in message:
+        last = lines[-1]
+        head, sep, rest = last.partition(": ")
+        return rest if sep and "." in head and " " not in head else last
+    return " ".join(lines)
+
+
 def _terminate(signum, _frame):
     raise KeyboardInterrupt
 
@@ -258,8 +278,22 @@ def run(argv: list[str] | None = None) -> int:
     try:
         return int(app(args=argv, standalone_mode=False) or 0)
     except EdgekdError as error:
-        err.print(f"edgekd: error: {error}", highlight=False, soft_wrap=True, markup=False)
+        err.print(f"edgekd: error: {one_line(str(error))}", highlight=False, soft_wrap=True, markup=False)
         return int(error.exit_code)
+    except MemoryError as error:  # also torch's OutOfMemoryError on a GPU (a RuntimeError, below)
+        err.print(f"edgekd: error: out of memory{': ' + one_line(str(error)) if str(error) else ''}; "
+                  "use a smaller batch or image size", highlight=False, soft_wrap=True, markup=False)
+        return int(ExitCode.ENVIRONMENT)
+    except UnicodeDecodeError as error:  # every reader names its file; this is the net under them
+        err.print(f"edgekd: error: an input file is not UTF-8 text ({error.reason} at byte {error.start})",
+                  highlight=False, soft_wrap=True, markup=False)
+        return int(ExitCode.BAD_INPUT)
+    except RuntimeError as error:
+        if "out of memory" not in str(error).lower() and "failed to allocate memory" not in str(error).lower():
+            raise  # a bug: the traceback is the report
+        err.print(f"edgekd: error: out of memory ({one_line(str(error))[:200]}); use a smaller batch or image size",
+                  highlight=False, soft_wrap=True, markup=False)
+        return int(ExitCode.ENVIRONMENT)
     except (KeyboardInterrupt, typer.Abort):
         err.print("edgekd: interrupted; completed stages and the last epoch checkpoint are kept. "
                   "Resume with: edgekd compress --resume RUN_DIR", highlight=False, soft_wrap=True)

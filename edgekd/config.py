@@ -191,7 +191,7 @@ class DataConfig(Strict):
     # "shift" (random translation by up to 1/8 of the side, edges replicated). Unset: the built-in
     # Fashion-MNIST gets ["hflip"]; a user's images get ["shift"], safe for digits, text and signs
     augment: list[Augmentation] | None = None
-    workers: Annotated[int, Field(ge=0)] = 0
+    workers: Annotated[int, Field(ge=0, le=64)] = 0
 
 
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -199,7 +199,7 @@ NonNegativeInt = Annotated[int, Field(ge=0)]
 
 class TeacherConfig(Strict):
     arch: str = "edgekd_resnet"
-    width: Positive = 1.0
+    width: Annotated[float, Field(gt=0, le=16)] = 1.0
     epochs: PositiveInt = 5
     min_steps: NonNegativeInt = 600  # small data sets: at least this many optimizer steps
     lr: Positive = 0.3
@@ -208,7 +208,7 @@ class TeacherConfig(Strict):
 
 class StudentConfig(Strict):
     arch: str = "edgekd_cnn"
-    width: Positive = 1.0
+    width: Annotated[float, Field(gt=0, le=16)] = 1.0
 
 
 class HintConfig(Strict):
@@ -332,7 +332,7 @@ class AccuracyConfig(Strict):
 class Profile(Strict):
     name: str
     description: str = ""
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0  # the training loop derives per-epoch seeds from it
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
@@ -348,9 +348,12 @@ class Profile(Strict):
 
 def _read_toml(path: Path, kind: str) -> dict:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise BadInputError(f"cannot read {kind} file {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise BadInputError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+                            f"TOML files are UTF-8") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:

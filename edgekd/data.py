@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,6 +26,8 @@ FASHION_MNIST_CLASSES = [
 ]
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
+MAX_IMAGE_SIDE = 16384  # pixels; a larger image (or one Pillow calls a decompression bomb) is refused
+WIDE_GREY_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0}
 
 
 HELD_OUT_FOLDERS = ("val", "valid", "validation", "test")  # beside train/: Kaggle and Roboflow say valid/
@@ -170,9 +173,9 @@ class _ImageFiles(Dataset):
 
         self.samples = samples
         self.channels = channels
+        self.to_tensor = v2.PILToTensor()
         self.transform = v2.Compose(
             [
-                v2.PILToTensor(),
                 v2.Resize((image_size, image_size), antialias=True),
                 v2.ToDtype(torch.float32, scale=True),
                 v2.Normalize([0.5] * channels, [0.5] * channels),
@@ -188,10 +191,19 @@ class _ImageFiles(Dataset):
         path, label = self.samples[index]
         try:
             with Image.open(path) as image:
-                image = image.convert("L" if self.channels == 1 else "RGB")
-                return self.transform(image), label
-        except OSError as err:
-            raise BadInputError(f"unreadable image {path}: {err}") from None
+                return self.transform(self._tensor(image)), label
+        except (OSError, ValueError, SyntaxError) as err:  # Pillow's errors for a broken file
+            raise BadInputError(f"unreadable image {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+
+    def _tensor(self, image) -> torch.Tensor:
+        """C x H x W. 8-bit images as uint8 (scaled to 0..1 later); 16-bit grey as float over its full
+        range (65535 is white), where converting to 8-bit "L" would clip everything above 255."""
+        if image.mode in WIDE_GREY_MODES:
+            grey = torch.from_numpy(np.asarray(image, dtype=np.float32) / WIDE_GREY_MODES[image.mode]).clamp_(0, 1)
+            return grey.unsqueeze(0).expand(self.channels, -1, -1).contiguous()
+        if image.mode == "F":
+            return torch.from_numpy(np.asarray(image, dtype=np.float32)).unsqueeze(0).expand(self.channels, -1, -1).contiguous()
+        return self.to_tensor(image.convert("L" if self.channels == 1 else "RGB"))
 
 
 def _scan_classes(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -204,6 +216,32 @@ def _scan_classes(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, samples
 
 
+def _refuse_huge(image, path: Path, max_pixels: int | None) -> None:
+    """Over MAX_IMAGE_SIDE a side, or over Pillow's decompression-bomb limit in pixels: refused."""
+    width, height = image.size
+    if max(width, height) > MAX_IMAGE_SIDE or (max_pixels is not None and width * height > max_pixels):
+        raise BadInputError(f"image {path} is too large ({width}x{height} pixels; edgekd reads images up to "
+                            f"{MAX_IMAGE_SIDE} pixels a side and {max_pixels or MAX_IMAGE_SIDE**2:,} pixels in all): "
+                            "shrink it or remove it")
+
+
+@contextmanager
+def _headers_of_any_size():
+    """Pillow refuses to open a very large image at all; edgekd opens the header and says how large."""
+    import warnings
+
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield limit
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
 def _check_images(samples: list[tuple[Path, int]]) -> int:
     """Open every header once up front, so a bad file stops the run before training starts."""
     from PIL import Image, UnidentifiedImageError
@@ -211,12 +249,15 @@ def _check_images(samples: list[tuple[Path, int]]) -> int:
     channels = 1
     for path, _ in samples:
         try:
-            with Image.open(path) as image:
+            with _headers_of_any_size() as max_pixels, Image.open(path) as image:
+                _refuse_huge(image, path, max_pixels)
                 image.verify()
-                if image.mode not in ("L", "1", "I;16", "I", "F"):
+                if image.mode not in ("L", "1", "F", *WIDE_GREY_MODES):
                     channels = 3
-        except (OSError, UnidentifiedImageError, SyntaxError) as err:
-            raise BadInputError(f"unreadable image {path}: {err}") from None
+        except BadInputError:
+            raise
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            raise BadInputError(f"unreadable image {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     return channels
 
 

@@ -8,6 +8,7 @@ architecture, so `--teacher runs/.../teacher.pt` needs nothing else.
 from __future__ import annotations
 
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -208,10 +209,14 @@ def load_teacher(
     if path.is_dir():
         raise BadInputError(f"teacher {path} is a folder, not a checkpoint file")
     if path.suffix == ".pt2":
+        if not zipfile.is_zipfile(path):
+            raise BadInputError(f"{path}: not a loadable torch.export archive (not a zip file)")
         try:
-            return torch.export.load(str(path)).module(), None
+            with _quiet_logger("torch.export"):  # it logs its own traceback before raising
+                program = torch.export.load(str(path))
         except Exception as err:
             raise BadInputError(f"{path}: not a loadable torch.export archive ({type(err).__name__})") from None
+        return ExportedTeacher(program, path), None
     if zipfile.is_zipfile(path) and any(n.endswith("/code/") or "/code/" in n for n in zipfile.ZipFile(path).namelist()):
         try:
             return torch.jit.load(str(path), map_location="cpu"), None
@@ -229,6 +234,44 @@ def load_teacher(
         spec = ModelSpec(arch, num_classes, tuple(input_shape))
         return load_state(spec.build(), payload, str(path)), spec
     raise BadInputError(f"{path}: not an edgekd checkpoint, state dict, TorchScript or torch.export file")
+
+
+@contextmanager
+def _quiet_logger(name: str):
+    import logging
+
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+class ExportedTeacher(nn.Module):
+    """A torch.export program as a teacher. Its graph was fixed when it was exported (inference
+    mode, one input), so `train()`/`eval()` only record the mode: an exported graph has no switch."""
+
+    def __init__(self, program, path: Path):
+        super().__init__()
+        inputs = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
+        if len(inputs) != 1:
+            raise BadInputError(f"{path}: the exported program takes {len(inputs)} inputs; a teacher takes one image batch")
+        shape = inputs[0].meta.get("val").shape if inputs[0].meta.get("val") is not None else None
+        if shape is not None and len(shape) > 0 and isinstance(shape[0], int):
+            raise BadInputError(
+                f"{path}: exported with a fixed batch of {shape[0]}; export it with a dynamic batch: "
+                "torch.export.export(model, (x,), dynamic_shapes={'x': {0: torch.export.Dim('batch')}})")
+        self.input_shape = tuple(d if isinstance(d, int) else None for d in shape[1:]) if shape is not None else None
+        self.program = program.module()
+
+    def train(self, mode: bool = True) -> "ExportedTeacher":
+        self.training = mode
+        return self
+
+    def forward(self, x):
+        return self.program(x)
 
 
 def _named_teacher(name: str, weights: Path, num_classes: int, input_shape) -> tuple[nn.Module, ModelSpec | None]:

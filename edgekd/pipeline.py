@@ -27,12 +27,12 @@ from edgekd.metrics import count
 from edgekd.models import create_model, require_architecture
 from edgekd.onnx_export import check_parity, export_onnx
 from edgekd.progress import info
-from edgekd.runfolder import RunFolder, atomic_write_json
+from edgekd.runfolder import atomic_write_json, claim_on_rank0
 from edgekd.stages import StageContext, StageOutput
 from edgekd.stages.distill import DistillStage
 from edgekd.stages.prune import PruneStage
 from edgekd.stages.quantize import QuantizeStage
-from edgekd.stages.teacher import Teacher, TeacherSource, default_cache_dir, obtain_teacher
+from edgekd.stages.teacher import Teacher, TeacherSource, default_cache_dir, obtain_teacher, teacher_counts
 from edgekd.train import correct_onnx, predict_onnx
 from edgekd.measure.target_latency import off_target_label, on_target_device, target_latency
 
@@ -58,6 +58,8 @@ class CompressOptions:
     cache_dir: Path | None = None
     device: str = "auto"  # where training runs: auto (CUDA when available), cpu, cuda, cuda:N
     measure_here: bool = False  # time on this machine even when it is not the target's device (labelled)
+    resume: bool = False  # run_dir is an earlier run to continue
+    overwrite: bool = False  # run_dir may hold anything: write into it anyway
 
     def resolved_profile(self) -> Profile:
         profile = load_profile(self.profile)
@@ -158,7 +160,7 @@ def _teacher_stage(teacher: Teacher, ctx: StageContext) -> dict:
     record = None
     if distributed.is_main():
         started = time.perf_counter()
-        record = record_stage("teacher", teacher.model, ctx, precision="fp32", counts=count(teacher.model, ctx.example),
+        record = record_stage("teacher", teacher.model, ctx, precision="fp32", counts=teacher_counts(teacher.model, ctx.example),
                               seconds=0.0, details={"origin": teacher.origin, **teacher.details})
         record["seconds"] = round(time.perf_counter() - started, 2)
         ctx.run.mark_done("teacher", fp, record, [ctx.run.root / record["onnx"]])
@@ -259,31 +261,36 @@ def saved_options(run_dir: Path) -> dict:
     if not path.is_file():
         raise BadInputError(f"{run_dir} is not an edgekd run folder (no options.json)")
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise BadInputError(f"{path}: unreadable ({err})") from None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8
+        raise BadInputError(f"{path}: unreadable ({str(err).splitlines()[0][:160]})") from None
 
 
 def compress(options: CompressOptions) -> CompressResult:
-    run_dir = Path(options.run_dir or default_run_dir(options.target))
+    claimed: dict = {}  # the run folder and its lock, once claimed
     try:
-        return _compress(replace(options, run_dir=run_dir))
+        return _compress(options, claimed)
     except KeyboardInterrupt:
+        run_dir = claimed.get("run_dir", options.run_dir)
         raise Interrupted(f"interrupted; completed stages and the last epoch checkpoint are kept in {run_dir}. "
                           f"Resume with: edgekd compress --resume {run_dir}") from None
+    finally:
+        if claimed.get("lock") is not None:
+            claimed["lock"].release()
 
 
-def _compress(options: CompressOptions) -> CompressResult:
+def _compress(options: CompressOptions, claimed: dict) -> CompressResult:
     distributed.init_from_env(options.device)
     target = load_target(options.target)
     profile = options.resolved_profile()
     require_architecture(profile.student.arch)  # a typo fails now, not after the teacher trains
     data = load_data(options.data, profile.data, options.image_size, profile.seed)
-    run_dir = Path(options.run_dir)
-    run = RunFolder(run_dir)
+    run, claimed["lock"] = claim_on_rank0(options.run_dir, default_run_dir(options.target),
+                                          resume=options.resume, overwrite=options.overwrite)
+    run_dir = claimed["run_dir"] = run.root
+    options = replace(options, run_dir=run_dir)
     checkpoints.refuse_unsafe(run_dir)  # an older edgekd's pickled modules: refused before any work
     if distributed.is_main():
-        run.create()
         atomic_write_json(run.path("options.json"), options.as_dict())
         atomic_write_json(run.path("config.json"), {"target": target.model_dump(mode="json"),
                                                     "profile": profile.model_dump(mode="json")})
@@ -347,6 +354,8 @@ def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, da
     ort_format = write_ort_format(run.root, target, artifacts["student_int8_onnx"], ctx.example.numpy(), ctx.profile.export)
     artifacts["student_int8_ort"] = ort_format["file"] if ort_format else None
     report = {
+        "status": "complete",  # `edgekd check` refuses any other; a run in progress has no report.json
+        "run_id": run.run_id,
         "edgekd_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "target": {"name": target.name, "runtime": target.runtime.value, "precision": target.precision.value,
@@ -392,8 +401,8 @@ def read_report(path: Path) -> dict:
     from edgekd.errors import BadInputError
 
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BadInputError(f"report not found: {path}") from None
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8
         raise BadInputError(f"{path}: not a readable report.json ({err})") from None

@@ -102,6 +102,17 @@ def _mixed_precision(device: torch.device) -> torch.dtype | None:
     return torch.float16 if device.type == "cuda" else None
 
 
+def _stop_if_diverged(loss: torch.Tensor, label: str, lr: float, epoch: int, step: int) -> None:
+    """A NaN or infinite loss is a recipe problem (exit 2), found at the step it happens; under
+    torchrun every rank sees the same verdict, so all stop together."""
+    value = distributed.mean_across_ranks(float(loss.detach()))
+    if not math.isfinite(value):
+        from edgekd.errors import BadInputError
+
+        raise BadInputError(f"{label}: training diverged (loss {value} at epoch {epoch + 1}, step {step + 1}) "
+                            f"with learning rate {lr:g}; lower the stage's lr in the profile")
+
+
 def fit(
     model: nn.Module,
     objective: nn.Module,
@@ -166,6 +177,7 @@ def fit(
                     x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=fast):
                     loss = objective(wrapped(x), x, y)
+                _stop_if_diverged(loss, label, plan.lr, epoch, batches)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if after_backward is not None:  # e.g. group-lasso gradients for sparse training before pruning

@@ -35,6 +35,7 @@ def _report(student: Path, reference: Path, macs: int, accuracy: float) -> dict:
     student_macs = sum(layer.macs for layer in estimate_layers(student, load_target("host-cpu"), 1))
     return {
         "target": {"name": "host-cpu"},
+        "status": "complete",
         "stages": [{"name": "quantize", "accuracy": accuracy, "macs": student_macs}],
         "reference": {"model": reference_description(ActivationScheme.SYMMETRIC), "macs": macs,
                       **gate_latency(student, reference, **QUICK)},
