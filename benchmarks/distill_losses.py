@@ -174,7 +174,7 @@ def print_report(payload: dict) -> None:
     print(f"\n{ds['name']}: every student trains on {ds['train']} images; settings are chosen on {ds['val']} "
           f"validation images (seeded, stratified) and reported on {ds['test']} test images; student "
           f"{payload['student']}, {payload['schedule']['epochs']} epochs, augment {payload['schedule']['augment']}\n")
-    print("| loss | validation top-1 % per setting (seed %d) |" % payload["selection"]["seed"])
+    print(f"| loss | validation top-1 % per setting (seed {payload['selection']['seed']}) |")
     print("|---|---|")
     for name, results in payload["selection"]["results"].items():
         if results:

@@ -150,13 +150,12 @@ def _fits_in_memory(path: Path, batch: int, shape: tuple[int, int, int]) -> None
                                  f"{total / 2**30:.1f} GiB (use a smaller --batch)")
 
 
-def _engine_latency(path: Path, target: Target, batch: int) -> tuple[Latency, Latency | None, str]:
-    """Measured with TensorRT; estimated too when the ONNX file it was built from lies beside it."""
-def _engine_latency(path: Path, target: Target, batch: int, measure_here: bool) -> tuple[Latency, Latency | None, str]:
-    """Measured with TensorRT on the target's device (or anywhere with `measure_here`, labelled);
-    estimated too when the ONNX file it was built from lies beside it."""
-    from edgekd.measure.target_latency import off_target_label, on_target_device
-    from edgekd.runtimes.tensorrt import tensorrt_available
+def _estimate_or_refuse(path: Path, target: Target, batch: int, measure_here: bool,
+                        kind: str) -> tuple[Latency | None, tuple[Latency, Latency, str] | None]:
+    """For a compiled file (engine, IR): the roofline of the .onnx beside it, if any; and, when this
+    machine is not the target's device and no --measure-here was given, the estimate to report
+    instead of a measurement (or a one-line refusal where there is nothing to estimate from)."""
+    from edgekd.measure.target_latency import on_target_device
 
     source = path.with_suffix(".onnx")
     estimate = None
@@ -165,11 +164,24 @@ def _engine_latency(path: Path, target: Target, batch: int, measure_here: bool) 
 
         estimate, _ = estimate_latency(source, target, batch)
     on_device, why = on_target_device(target)
-    if not on_device and not measure_here:
-        if estimate is not None:
-            return estimate, estimate, f"not the target's device: {why} (run there, or pass --measure-here)"
-        raise BadInputError(f"{path}: this machine is not {target.device.label} ({why}); pass --measure-here "
-                            f"to time the engine here anyway, labelled as such")
+    if on_device or measure_here:
+        return estimate, None
+    if estimate is not None:
+        return estimate, (estimate, estimate, f"not the target's device: {why} (run there, or pass --measure-here)")
+    raise BadInputError(f"{path}: this machine is not {target.device.label} ({why}); pass --measure-here "
+                        f"to time the {kind} here anyway, labelled as such")
+
+
+def _engine_latency(path: Path, target: Target, batch: int, measure_here: bool) -> tuple[Latency, Latency | None, str]:
+    """Measured with TensorRT on the target's device (or anywhere with `measure_here`, labelled);
+    estimated too when the ONNX file it was built from lies beside it."""
+    from edgekd.measure.target_latency import off_target_label, on_target_device
+    from edgekd.runtimes.tensorrt import tensorrt_available
+
+    estimate, instead = _estimate_or_refuse(path, target, batch, measure_here, "engine")
+    if instead is not None:
+        return instead
+    on_device = on_target_device(target)[0]
     available, why = tensorrt_available()
     if not available:
         raise EnvironmentProblem(f"{path}: cannot run a TensorRT engine here: {why}")
@@ -189,18 +201,10 @@ def _openvino_ir_latency(path: Path, target: Target, batch: int, measure_here: b
     if target.runtime is not Runtime.OPENVINO_CPU:
         raise BadInputError(f"{path}: an OpenVINO IR runs on OpenVINO targets only; {target.name} uses "
                             f"{target.runtime.value}")
-    source = path.with_suffix(".onnx")
-    estimate = None
-    if source.is_file():
-        from edgekd.measure.estimate import estimate_latency
-
-        estimate, _ = estimate_latency(source, target, batch)
-    on_device, why = on_target_device(target)
-    if not on_device and not measure_here:
-        if estimate is not None:
-            return estimate, estimate, f"not the target's device: {why} (run there, or pass --measure-here)"
-        raise BadInputError(f"{path}: this machine is not {target.device.label} ({why}); pass --measure-here "
-                            f"to time the IR here anyway, labelled as such")
+    estimate, instead = _estimate_or_refuse(path, target, batch, measure_here, "IR")
+    if instead is not None:
+        return instead
+    on_device = on_target_device(target)[0]
     available, why = openvino_available()
     if not available:
         raise EnvironmentProblem(f"{path}: cannot run an OpenVINO IR here: {why}")

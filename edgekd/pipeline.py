@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from edgekd import __version__, checkpoints, distributed
-from edgekd.config import Profile, Runtime, Target, fingerprint, load_profile, load_target
+from edgekd.config import Profile, Runtime, fingerprint, load_profile, load_target
 from edgekd.data import DataBundle, load_data
 from edgekd.deploy import INT8_ONNX
 from edgekd.errors import EdgekdError, ExitCode, Interrupted
@@ -28,7 +28,7 @@ from edgekd.models import create_model, require_architecture
 from edgekd.onnx_export import check_parity, export_onnx
 from edgekd.progress import info
 from edgekd.runfolder import atomic_write_json, claim_on_rank0
-from edgekd.stages import StageContext, StageOutput
+from edgekd.stages import StageContext
 from edgekd.stages.distill import DistillStage
 from edgekd.stages.prune import PruneStage
 from edgekd.stages.quantize import QuantizeStage

@@ -7,7 +7,6 @@ A small RGB ImageFolder (real PNG files) and a one-epoch profile keep each run t
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
