@@ -93,7 +93,8 @@ def test_conv_then_gemm_by_hand(conv_gemm, target):
 
     latency, same = estimate_latency(conv_gemm, target)  # batch from the target: 1
     assert same == layers
-    assert latency.p50 == latency.p90 == latency.p99 == pytest.approx(0.014608 + 0.021344)
+    assert latency.p50 == pytest.approx(0.014608 + 0.021344)
+    assert latency.p90 is None and latency.p99 is None  # an estimate states no tail it did not model
     assert (latency.source, latency.batch, latency.runs) == ("estimated", 1, 0)
     assert "round-numbers" in latency.runtime
 
