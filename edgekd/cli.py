@@ -121,9 +121,11 @@ def print_report(report: dict, run_dir: Path, boxed: bool | None = None) -> None
         out.print(f"latency note: {note}", markup=False, highlight=False)
     budget = report["budget"]
     latency_met = all(v for k, v in budget["checks"].items() if k != "accuracy")
-    out.print(("[green]" if latency_met else "[red]") + budget["verdict"], highlight=False)
+    # verdicts are one line each, never wrapped: CI logs grep them
+    out.print(("[green]" if latency_met else "[red]") + budget["verdict"], highlight=False, soft_wrap=True)
     if "accuracy" in budget:
-        out.print(("[green]" if budget["accuracy"]["met"] else "[red]") + budget["accuracy"]["verdict"], highlight=False)
+        out.print(("[green]" if budget["accuracy"]["met"] else "[red]") + budget["accuracy"]["verdict"],
+                  highlight=False, soft_wrap=True)
     from edgekd.pipeline import budget_fit
 
     fitted = budget_fit(report)

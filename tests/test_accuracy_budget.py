@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from edgekd.config import PROFILES_DIR, load_profile, load_target
 import numpy as np
@@ -68,7 +67,6 @@ def test_a_target_can_tighten_the_budget():
 PLANT = """
 import sys
 
-import torch
 
 import edgekd.stages.quantize as quantize
 from edgekd.cli import run
