@@ -67,6 +67,7 @@ def test_a_target_can_tighten_the_budget():
 PLANT = """
 import sys
 
+import torch
 
 import edgekd.stages.quantize as quantize
 from edgekd.cli import run
