@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import torch
 
 from edgekd.data import load_fashion_mnist
-from edgekd.losses import CrossEntropyObjective
-from edgekd.models import ModelSpec, save_checkpoint
-from edgekd.train import TrainPlan, fit
-from tests.conftest import edgekd
+from tests.conftest import REPO, edgekd
 
 
 def _image_folder(root, per_class: int = 120):
@@ -37,14 +36,23 @@ def _image_folder(root, per_class: int = 120):
 
 def test_compress_on_an_image_folder_with_a_given_teacher_and_student(tmp_path, cache_dir):
     _image_folder(tmp_path / "data")
-    from edgekd.data import load_image_folder
-    from edgekd.config import DataConfig
+    # the user's own teacher, trained in its own process as a user would
+    script = f"""
+from pathlib import Path
+from edgekd.config import DataConfig
+from edgekd.data import load_image_folder
+from edgekd.losses import CrossEntropyObjective
+from edgekd.models import ModelSpec, save_checkpoint
+from edgekd.train import TrainPlan, fit
 
-    bundle = load_image_folder(tmp_path / "data", DataConfig(), image_size=28, seed=0)
-    spec = ModelSpec("edgekd_cnn", 3, bundle.input_shape, 1.0)
-    teacher = spec.build()
-    fit(teacher, CrossEntropyObjective(), bundle.train, TrainPlan(3, 0.1, 0, 32, 0), label="teacher")
-    save_checkpoint(teacher, spec, tmp_path / "teacher.pt")
+bundle = load_image_folder(Path({str(tmp_path / "data")!r}), DataConfig(), image_size=28, seed=0)
+spec = ModelSpec("edgekd_cnn", 3, bundle.input_shape, 1.0)
+teacher = spec.build()
+fit(teacher, CrossEntropyObjective(), bundle.train, TrainPlan(3, 0.1, 0, 32, 0), label="teacher")
+save_checkpoint(teacher, spec, Path({str(tmp_path / "teacher.pt")!r}))
+"""
+    trained = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-2000:]
 
     run_dir = tmp_path / "run"
     done = edgekd("compress", "--profile", "smoke", "--target", "host-cpu", "--data", str(tmp_path / "data"),
