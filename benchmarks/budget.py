@@ -74,10 +74,17 @@ seed = 0
 [data]
 batch_size = {args.batch}
 
+# latency is what this shows: the short schedule's accuracies are near chance, so the accuracy
+# budget is opened wide (it would otherwise stop the path at the first step) and the step minimums
+# that protect a real small data set are off
+[accuracy]
+max_drop = 100.0
+
 [teacher]
 arch = "resnet18"
 epochs = {args.teacher_epochs}
 lr = 0.05
+min_steps = 0
 
 [student]
 arch = "{student}"
@@ -85,6 +92,7 @@ arch = "{student}"
 [distill]
 epochs = 1
 lr = 0.05
+min_steps = 0
 
 [prune]
 goal = "budget"
@@ -93,6 +101,7 @@ step_fraction = {args.step_fraction}
 candidate_samples = {args.candidates}
 round_to = 8
 epochs_per_step = 1
+min_steps_per_step = 0
 lr = 0.01
 max_steps = {args.max_steps}
 
