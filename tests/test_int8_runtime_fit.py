@@ -92,6 +92,27 @@ def test_keep_float_runs_the_named_layers_in_fp32(student):
     assert conv_counts(int8) == {"quantized": 3, "float": 1}
 
 
+def test_layers_stay_float_only_when_the_whole_file_gets_faster(student):
+    """The per-layer profile proposes float layers; the mixed file is kept only if it beats the
+    all-INT8 file timed side by side, else the all-INT8 file is restored byte for byte."""
+    import re
+
+    from edgekd.precision import _mix_if_faster
+
+    int8, _, images = student
+    place_for_onnxruntime(int8, images)
+    all_int8 = int8.read_bytes()
+    first = next(n.name for n in onnx.load(str(int8)).graph.node if n.op_type == "Conv")
+    keep, how = _mix_if_faster(int8, images, [first], load_target("host-cpu"))
+    mixed_ms, int8_ms = map(float, re.search(r"float: ([\d.]+) ms vs all-INT8 ([\d.]+) ms", how).groups())
+    if keep:
+        assert keep == [first] and how.startswith("chosen") and mixed_ms < int8_ms
+        assert conv_counts(int8) == {"quantized": 3, "float": 1}
+    else:
+        assert how.startswith("not chosen") and mixed_ms >= int8_ms
+        assert int8.read_bytes() == all_int8 and conv_counts(int8)["float"] == 0
+
+
 def test_precision_follows_the_estimate_where_the_target_is_not_here(student):
     """mobile-cpu (aarch64) cannot be measured on this x86 host: both files are estimated and the
     faster one ships, saying so."""
