@@ -26,6 +26,31 @@ def test_fit_runs_the_extra_epochs_it_needs(fashion_slice):
     assert len(log.epoch_losses) == 3  # 2 steps an epoch, at least 5 steps
 
 
+def _floor_context(fashion_slice, floor: float, extra: int):
+    from types import SimpleNamespace
+
+    val = torch.utils.data.Subset(fashion_slice.test, range(128))
+    profile = load_profile("smoke").model_copy(update={"quantize": load_profile("smoke").quantize.model_copy(
+        update={"max_extra_epochs": extra, "min_steps": 0})})
+    return SimpleNamespace(profile=profile, accuracy_floor=floor,
+                           data=SimpleNamespace(val=val, train=torch.utils.data.Subset(fashion_slice.train, range(128))))
+
+
+def test_qat_trains_longer_only_when_quantization_lost_the_accuracy(fashion_slice):
+    from edgekd.stages.quantize import QuantizeStage
+
+    model = create_model("edgekd_cnn", 10, (1, 28, 28), 0.25)
+    plan = TrainPlan(1, 0.05, 0, 64, 0)
+    # the FP32 parent already below the floor: an earlier stage lost it, no extra QAT epochs
+    below = QuantizeStage()._train_to_the_floor(model, CrossEntropyObjective(), plan,
+                                                _floor_context(fashion_slice, 0.99, 2), parent_val=0.5)
+    assert below["extra_epochs"] == 0 and below["extension"].startswith("not extended")
+    # the parent held the floor and the INT8 student fell below it: QAT trains on, up to the cap
+    held = QuantizeStage()._train_to_the_floor(model, CrossEntropyObjective(), plan,
+                                               _floor_context(fashion_slice, 0.99, 1), parent_val=0.995)
+    assert held["extra_epochs"] == 1 and "extension" not in held
+
+
 def test_default_augmentation_is_safe_for_unknown_images():
     fashion = DataBundle("fashion-mnist", None, None, ["a", "b"], (1, 28, 28), default_augment=("hflip",))
     folder = DataBundle("imagefolder:x", None, None, ["a", "b"], (1, 28, 28))

@@ -129,6 +129,8 @@ class QuantizeStage:
     def run(self, model: nn.Module, ctx: StageContext) -> StageOutput:
         cfg = ctx.profile.quantize
         scheme = ctx.target.activation_scheme
+        parent_val = (distributed.broadcast(evaluate(model, ctx.data.val))
+                      if ctx.accuracy_floor is not None and cfg.method == "qat" else None)
         quantized = quantize_with_nncf(model, ctx.data.train, cfg.calibration_samples, scheme, seed=ctx.profile.seed)
         details: dict = {"method": cfg.method, "scheme": scheme.value, "epoch_losses": []}
         if cfg.method == "qat" and cfg.epochs > 0:
@@ -140,17 +142,25 @@ class QuantizeStage:
             log = fit(quantized, objective, ctx.data.train, plan, label="QAT",
                       checkpoint=ctx.progress(self.name), fingerprint=ctx.fingerprint)
             details["epoch_losses"] = log.epoch_losses
-            details.update(self._train_to_the_floor(quantized, objective, plan, ctx))
+            details.update(self._train_to_the_floor(quantized, objective, plan, ctx, parent_val))
         return StageOutput(strip_to_qdq(quantized, ctx.example), details, precision="int8")
 
     def _train_to_the_floor(self, quantized: nn.Module, objective: nn.Module, plan: TrainPlan,
-                            ctx: StageContext) -> dict:
+                            ctx: StageContext, parent_val: float | None) -> dict:
         """While the INT8 student is below the accuracy budget on validation, train it longer,
-        one epoch at a time at half the learning rate, up to the profile's cap."""
+        one epoch at a time at half the learning rate, up to the profile's cap. Not when its FP32
+        parent was already below: the loss is an earlier stage's, which QAT does not win back
+        (default run: two extra epochs moved 88.93% to 88.92% against a 91.73% floor)."""
         cfg = ctx.profile.quantize
         if ctx.accuracy_floor is None or cfg.max_extra_epochs == 0:
             return {}
         val_accuracy = distributed.broadcast(evaluate(quantized, ctx.data.val))
+        if parent_val is not None and parent_val < ctx.accuracy_floor and val_accuracy < ctx.accuracy_floor:
+            why = (f"not extended: its FP32 parent was already below the accuracy budget "
+                   f"({100 * parent_val:.2f}% < {100 * ctx.accuracy_floor:.2f}% on validation)")
+            info(f"QAT: {why}")
+            return {"extra_epochs": 0, "fake_quant_val_accuracy": val_accuracy, "parent_val_accuracy": parent_val,
+                    "extension": why}
         extra = 0
         while val_accuracy < ctx.accuracy_floor and extra < cfg.max_extra_epochs:
             extra += 1
