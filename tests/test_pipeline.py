@@ -25,6 +25,8 @@ def test_report_is_the_documented_contract(smoke_run):
         assert stage["latency_ms"]["p50"] <= stage["latency_ms"]["p90"] <= stage["latency_ms"]["p99"]
         assert stage["latency_ms"]["runs"] >= 50
     assert set(report["budget"]) >= {"latency_ms", "met", "source", "verdict"}
+    teacher = report["stages"][0]  # its time includes training it (this session's cold teacher) or loading it
+    assert teacher["seconds"] >= teacher["details"]["obtain_seconds"] > 0
     for name in ("student_fp32_onnx", "student_int8_onnx", "report_json", "report_html"):
         assert (run_dir / report["artifacts"][name]).is_file()
     assert "edgekd: smoke profile -> host-cpu" in done.stdout and "quantize" in done.stdout
