@@ -126,6 +126,8 @@ def print_report(report: dict, run_dir: Path, boxed: bool | None = None) -> None
     if "accuracy" in budget:
         out.print(("[green]" if budget["accuracy"]["met"] else "[red]") + budget["accuracy"]["verdict"],
                   highlight=False, soft_wrap=True)
+    if "teacher" in budget:
+        out.print(budget["teacher"]["line"], highlight=False, soft_wrap=True)
     from edgekd.pipeline import budget_fit
 
     fitted = budget_fit(report)

@@ -217,9 +217,27 @@ def _budget(ctx: StageContext, records: list[dict], latency: dict, note: str) ->
     budget = budget_verdict(ctx.target, latency, records[-1]["size_bytes"], note)
     accuracy = accuracy_verdict(records, ctx.profile, ctx.target)
     budget["accuracy"] = accuracy
+    budget["teacher"] = _against_teacher(ctx.target, records[0], records[-1], latency)
     budget["checks"]["accuracy"] = accuracy["met"]
     budget["met"] = all(budget["checks"].values())
     return budget
+
+
+def _against_teacher(target, teacher: dict, student: dict, student_latency: dict) -> dict:
+    """What compression bought: whether the teacher as given (its own file, on the same target, same
+    source) already meets the latency budget, and the shipped student's speed-up and accuracy cost."""
+    teacher_ms, student_ms, limit = teacher["latency_ms"]["p50"], student_latency["p50"], target.budget_p50_ms
+    meets = None if limit is None else teacher_ms <= limit
+    speedup = teacher_ms / student_ms if student_ms > 0 else float("inf")
+    cost = 100 * (teacher["val_accuracy"] - student["val_accuracy"])
+    fits = "has no p50 budget to meet" if limit is None else f"{'meets' if meets else 'misses'} the {limit:g} ms budget"
+    line = (f"against the teacher: the teacher alone runs {teacher_ms:.3f} ms p50 ({teacher['precision'].upper()}, "
+            f"{teacher['latency_ms']['source']}) and {fits}; the student is {speedup:.1f}x faster and "
+            f"{'loses' if cost >= 0 else 'gains'} {abs(cost):.2f} points of validation top-1")
+    if meets:
+        line += "; the teacher already fits, so compression bought headroom, not the fit"
+    return {"p50_ms": teacher_ms, "student_p50_ms": student_ms, "source": teacher["latency_ms"]["source"], "precision": teacher["precision"],
+            "meets_budget": meets, "student_speedup": speedup, "accuracy_cost_points": cost, "line": line}
 
 
 def _latencies(ctx: StageContext, records: list[dict], measure_here: bool) -> list[dict]:

@@ -6,6 +6,7 @@ import json
 import stat
 
 import onnxruntime as ort
+import pytest
 
 from tests.conftest import REPO, edgekd
 
@@ -25,6 +26,13 @@ def test_report_is_the_documented_contract(smoke_run):
         assert stage["latency_ms"]["p50"] <= stage["latency_ms"]["p90"] <= stage["latency_ms"]["p99"]
         assert stage["latency_ms"]["runs"] >= 50
     assert set(report["budget"]) >= {"latency_ms", "met", "source", "verdict"}
+    against = report["budget"]["teacher"]  # what compression bought, against the teacher on the same target
+    assert against["p50_ms"] == report["stages"][0]["latency_ms"]["p50"]
+    assert against["meets_budget"] == (against["p50_ms"] <= 1.0)  # host-cpu: 1 ms p50
+    assert against["student_speedup"] == pytest.approx(against["p50_ms"] / against["student_p50_ms"])
+    if report["shipped"]["precision"] == "int8":  # the budget judged the INT8 student's own latency
+        assert against["student_p50_ms"] == report["stages"][-1]["latency_ms"]["p50"]
+    assert against["line"] in done.stdout
     teacher = report["stages"][0]  # its time includes training it (this session's cold teacher) or loading it
     assert teacher["seconds"] >= teacher["details"]["obtain_seconds"] > 0
     for name in ("student_fp32_onnx", "student_int8_onnx", "report_json", "report_html"):

@@ -35,7 +35,7 @@ def allowed_drop(profile: Profile, target: Target) -> float:
 def accuracy_floor(teacher_val_accuracy: float, profile: Profile, target: Target) -> float:
     """The lowest validation top-1 (0..1) the student may end with (a point estimate: what the
     stages aim for while they train)."""
-    return teacher_val_accuracy - allowed_drop(profile, target) / 100.0
+    return max(0.0, teacher_val_accuracy - allowed_drop(profile, target) / 100.0)  # never "above -90%"
 
 
 def paired_drop(teacher: dict, student: dict, confidence: float) -> tuple[float, float, int]:
