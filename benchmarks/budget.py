@@ -151,6 +151,7 @@ def run_budget(student: str, size: int, data: Path, args) -> dict:
         "stages": [{"name": s["name"], "accuracy": s["accuracy"], "macs": s["macs"], "latency_p50_ms":
                     s["latency_ms"]["p50"], "source": s["latency_ms"]["source"]} for s in report["stages"]],
         "path": prune["details"]["path"], "budget_fit": budget_fit(report), "verdict": report["budget"]["verdict"],
+        "against_teacher": report["budget"].get("teacher", {}).get("line"),
     }
 
 
@@ -185,6 +186,7 @@ def main() -> None:
             print(f"  step {p['step']:2d} {str(p.get('layer') or '-'):28s} {p['latency_ms']:.3f} ms  "
                   f"val {100 * p['val_accuracy']:.1f}%  {p['macs'] / 1e6:.1f}M MACs  {'' if p.get('kept', True) else 'undone'}")
         print(f"  final: {run['verdict']}", flush=True)
+        print(f"  {run['against_teacher']}", flush=True)
         (OUT / "budget.json").write_text(json.dumps(results, indent=2))
     (OUT / "budget.json").write_text(json.dumps(results, indent=2))
 
