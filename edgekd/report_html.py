@@ -347,9 +347,11 @@ def _verdict(report: dict) -> str:
     if source != "measured":
         caution = ('<div class="line note">This verdict rests on a roofline estimate, not a measurement: '
                    "run <code>edgekd bench</code> on the device to confirm it.</div>")
+    lines = [budget.get("verdict", ""), (budget.get("accuracy") or {}).get("verdict"),
+             (budget.get("teacher") or {}).get("line")]
     return (f'<div class="verdict {"met" if met else "missed"}">'
             f'<span class="word">BUDGET {"MET" if met else "MISSED"}</span> {_tag(source)} {checks}'
-            f'<div class="line">{_e(budget.get("verdict", ""))}</div>{caution}</div>')
+            + "".join(f'<div class="line">{_e(line)}</div>' for line in lines if line) + f'{caution}</div>')
 
 
 def _stage_table(report: dict) -> str:

@@ -98,9 +98,14 @@ def test_estimated_missed_report(tmp_path, report):
     report["budget"].update(met=False, source="estimated", checks={"p50": False, "p99": True},
                             verdict="MISSED on jetson-orin-nano: p50 1.900 ms vs 1.000 ms; estimated")
     report["layers"] = [{**layer, "source": "estimated", "precision": "int8"} for layer in report["layers"]]
+    report["budget"]["accuracy"] = {"met": False, "verdict": "accuracy MISSED: student (quantize) 87.00% vs teacher "
+                                                             "91.00% on validation: lost 4.00 points"}
+    report["budget"]["teacher"] = {"line": "against the teacher: the teacher alone runs 16.400 ms p50 (FP32, "
+                                           "estimated) and misses the 1 ms budget"}
     page = write_html(report, tmp_path).read_text()
     assert "BUDGET MISSED" in page
-    assert report["budget"]["verdict"] in page
+    for line in (report["budget"]["verdict"], report["budget"]["accuracy"]["verdict"], report["budget"]["teacher"]["line"]):
+        assert line in page  # all three verdict lines, as the console prints them
     assert "roofline estimate, not a measurement" in page
     assert "estimated by the roofline for jetson-orin-nano" in page
     assert note in page
