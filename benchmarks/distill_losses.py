@@ -88,8 +88,19 @@ def train_student(profile: Profile, data, teacher, config: DistillConfig | None,
     return student
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def parse_seeds(parser: argparse.ArgumentParser, text: str) -> list[int]:
+    """`--seeds 0,1,2` as distinct integers, or the parser's one-line usage error."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--seeds: expected comma-separated integers, got {text!r}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        parser.error("--seeds: give at least one seed, each once")
+    return seeds
 
 
 def run(profile_name: str, seeds: list[int], cache_dir: Path, quick: bool, out: Path) -> dict:
@@ -126,7 +137,7 @@ def run(profile_name: str, seeds: list[int], cache_dir: Path, quick: bool, out: 
     def summary(done: list[int]) -> dict:
         """The payload over the seeds done so far (written after each seed: a cut-off run keeps them)."""
         for row in rows.values():
-            row["top1_mean"], row["top1_std"] = _mean_std(row["top1"])
+            row["top1_mean"], row["top1_std"] = mean_std(row["top1"])
         gap = rows["teacher"]["top1_mean"] - rows["labels"]["top1_mean"]
         for name in grid:
             if name != "labels":
@@ -204,12 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"teacher cache [default: EDGEKD_CACHE_DIR or {default_cache_dir()}]")
     parser.add_argument("--out", type=Path, default=OUT, help=f"JSON output [default: {OUT}]")
     args = parser.parse_args(argv)
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
-    if not seeds or len(set(seeds)) != len(seeds):
-        parser.error("--seeds: give at least one seed, each once")
+    seeds = parse_seeds(parser, args.seeds)
     profile = args.profile or ("smoke" if args.quick else "default")
     payload = run(profile, seeds, args.cache_dir or default_cache_dir(), args.quick, args.out)
     print_report(payload)

@@ -22,13 +22,13 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
+from distill_losses import mean_std, parse_seeds  # benchmarks/, the script's own folder
 from edgekd.config import load_profile
 from edgekd.data import load_data
 from edgekd.losses import CrossEntropyObjective, DistillationObjective
@@ -60,10 +60,6 @@ def train_student(profile, data, teacher, seed: int, distilled: bool):
     label = f"{'distilled' if distilled else 'labels-only'} seed {seed}"
     fit(student, objective, data.train, plan, label=label)
     return student
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def run(profile_name: str, seeds: list[int], cache_dir: Path, threads: int, mode: str, out: Path) -> dict:
@@ -104,7 +100,7 @@ def run(profile_name: str, seeds: list[int], cache_dir: Path, threads: int, mode
         latencies = measure_side_by_side(paths, threads, BATCHES, timing, rounds)
     for key, row in rows.items():
         row["seeds"] = seeds if key != "teacher" else [profile.seed]
-        row["top1_mean"], row["top1_std"] = _mean_std(row["top1"])
+        row["top1_mean"], row["top1_std"] = mean_std(row["top1"])
         row["latency_ms"] = {f"batch{b}": lat.as_dict() for b, lat in latencies[key].items()}
     gain = 100 * (rows["distilled"]["top1_mean"] - rows["labels"]["top1_mean"])
     wins = sum(d > l for d, l in zip(rows["distilled"]["top1"], rows["labels"]["top1"]))
@@ -157,12 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"teacher cache [default: EDGEKD_CACHE_DIR or {default_cache_dir()}]")
     parser.add_argument("--out", type=Path, default=OUT, help=f"JSON output [default: {OUT}]")
     args = parser.parse_args(argv)
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
-    if not seeds or len(set(seeds)) != len(seeds):
-        parser.error("--seeds: give at least one seed, each once")
+    seeds = parse_seeds(parser, args.seeds)
     profile = args.profile or ("smoke" if args.quick else "default")
     payload = run(profile, seeds, args.cache_dir or default_cache_dir(), args.threads,
                   "quick" if args.quick else "full", args.out)

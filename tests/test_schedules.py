@@ -30,8 +30,9 @@ def _floor_context(fashion_slice, floor: float, extra: int):
     from types import SimpleNamespace
 
     val = torch.utils.data.Subset(fashion_slice.test, range(128))
-    profile = load_profile("smoke").model_copy(update={"quantize": load_profile("smoke").quantize.model_copy(
-        update={"max_extra_epochs": extra, "min_steps": 0})})
+    smoke = load_profile("smoke")
+    profile = smoke.model_copy(update={"quantize": smoke.quantize.model_copy(update={"max_extra_epochs": extra,
+                                                                                    "min_steps": 0})})
     return SimpleNamespace(profile=profile, accuracy_floor=floor,
                            data=SimpleNamespace(val=val, train=torch.utils.data.Subset(fashion_slice.train, range(128))))
 
