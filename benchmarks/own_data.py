@@ -13,6 +13,7 @@ no row exits 0 with a larger gap.
 
     python benchmarks/own_data.py                      # 2,000 / 5,000 / 10,000 images, seeds 0 1 2
     python benchmarks/own_data.py --sizes 2000 --seeds 0
+    python benchmarks/own_data.py --profile my.toml --tag my --no-reference   # a recipe variant, kept apart
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ from tests.fixtures import write_image_folder  # noqa: E402
 OUT = REPO / "benchmarks" / "out" / "own_data"
 
 
-def compress(data: Path, seed: int, run_dir: Path, cache: Path) -> dict:
+def compress(data: Path, seed: int, run_dir: Path, cache: Path, profile: str = "default") -> dict:
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "edgekd", "compress", "--target", "mobile-cpu", "--data", str(data),
+        [sys.executable, "-m", "edgekd", "compress", "--target", "mobile-cpu", "--profile", profile, "--data", str(data),
          "--image-size", "28", "--seed", str(seed), "--run-dir", str(run_dir), "--cache-dir", str(cache)],
         capture_output=True, text=True, env={**os.environ, "EDGEKD_QUIET": "1"})
     seconds = time.perf_counter() - started
@@ -85,7 +86,7 @@ def label_only_reference(data: Path, seed: int) -> dict:
     model = create_model(cfg.arch, bundle.num_classes, bundle.input_shape, cfg.width)
     plan = TrainPlan(epochs=3 * cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
                      batch_size=profile.data.batch_size, seed=seed, augment=augmentations(profile.data, bundle),
-                     fast_math=True, min_steps=3 * cfg.min_steps)
+                     fast_math=True, min_steps=3 * cfg.min_steps, compile=True)
     started = time.perf_counter()
     fit(model, CrossEntropyObjective(), bundle.train, plan, label="label-only reference")
     return {"seed": seed, "val": accuracy(model, bundle.val), "test": accuracy(model, bundle.test),
@@ -97,9 +98,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 5000, 10000])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--profile", default="default", help="a profile name or TOML file (default: default)")
+    parser.add_argument("--tag", default="", help="keep this variant's rows apart: results-TAG.json, run-TAG-*")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    results_path = OUT / "results.json"
+    results_path = OUT / (f"results-{args.tag}.json" if args.tag else "results.json")
+    prefix = f"run-{args.tag}-" if args.tag else "run-"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     # seed-major, references last: an interrupted run still covers every size
     trees = {}
@@ -113,7 +117,7 @@ def main() -> None:
             entry = results[str(size)]
             if str(seed) in entry["runs"]:
                 continue
-            row = compress(trees[size], seed, OUT / f"run-{size}-{seed}", OUT / "cache")
+            row = compress(trees[size], seed, OUT / f"{prefix}{size}-{seed}", OUT / "cache", args.profile)
             entry["runs"][str(seed)] = row
             results_path.write_text(json.dumps(results, indent=2))
             print(json.dumps({"size": size, **{k: row.get(k) for k in

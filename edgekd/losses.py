@@ -141,6 +141,15 @@ class DistillationObjective(nn.Module):
         self.hint = config.hint
         self.progress = 1.0  # share of this training done; `fit` updates it (DKD's warm-up reads it)
         self.teacher_tap = _FeatureTap(find_module(teacher, self.hint.teacher_layer, "teacher")) if self.hint else None
+        self._compiled_teacher = None
+
+    def compile_teacher(self, label: str) -> None:
+        """Run the frozen teacher through torch.compile (it is most of a distillation step's cost).
+        Not with a hint term: that reads the teacher's features through a forward hook."""
+        from edgekd.train import CompiledOrEager
+
+        if self.hint is None:
+            self._compiled_teacher = CompiledOrEager(self.teacher, f"{label} (teacher)")
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -188,7 +197,7 @@ class DistillationObjective(nn.Module):
 
     def forward(self, output, x, y):
         with torch.no_grad():
-            teacher_logits = self.teacher(x)
+            teacher_logits = (self._compiled_teacher or self.teacher)(x)
         if self.hint is None:
             return self.response(output, teacher_logits, y)
         logits, student_feature = output

@@ -579,3 +579,19 @@ def test_the_teacher_cache_key_follows_the_data_not_its_path(tmp_path):
     assert swapped != first
     _png(root / "a" / "0.png", 255)  # one image replaced in place
     assert entry() not in (first, swapped)
+
+
+def test_compiling_the_teacher_reuses_its_cache_and_a_new_recipe_does_not(tmp_path):
+    from edgekd.data import load_data
+    from edgekd.stages.teacher import cache_entry
+
+    profile = load_profile(_profile(tmp_path))
+    data = load_data(str(_data(tmp_path)), profile.data, SIZE, 0)
+
+    def with_teacher(**change) -> Path:
+        return cache_entry(profile.model_copy(update={"teacher": profile.teacher.model_copy(update=change)}),
+                           data, tmp_path / "cache")
+
+    eager = with_teacher(compile=False)
+    assert with_teacher(compile=True) == eager  # how fast it trains, not what it learns
+    assert with_teacher(epochs=profile.teacher.epochs + 1) != eager

@@ -1,6 +1,7 @@
 import gzip
 
 import pytest
+import torch
 
 from edgekd.config import DataConfig
 from edgekd.data import load_data, load_fashion_mnist, load_image_folder, read_idx
@@ -48,6 +49,30 @@ def test_image_folder_with_train_and_val(tmp_path):
     assert bundle.classes == ["cat", "dog"] and len(bundle.train) == 6 and len(bundle.test) == 6
     x, y = bundle.train[4]
     assert tuple(x.shape) == (1, 16, 16) and y == 1
+
+
+def test_an_image_folder_is_decoded_once_when_it_fits_in_memory(tmp_path, monkeypatch):
+    import edgekd.data
+
+    for label, name in enumerate(("cat", "dog")):
+        for i in range(3):
+            _write_png(tmp_path / name / f"{i}.png", 40 * label + i)
+    bundle = load_image_folder(tmp_path, DataConfig(test_fraction=0.5), image_size=16, seed=0)
+    first = [bundle.train[i][0] for i in range(len(bundle.train))]
+    for png in tmp_path.rglob("*.png"):  # a second epoch reads the kept tensors, not the files
+        png.unlink()
+    assert all(torch.equal(a, bundle.train[i][0]) for i, a in enumerate(first))
+
+    monkeypatch.setattr(edgekd.data, "DECODED_CACHE_BYTES", 100)  # too big to keep: read every time
+    for label, name in enumerate(("cat", "dog")):
+        for i in range(3):
+            _write_png(tmp_path / name / f"{i}.png", 40 * label + i)
+    big = load_image_folder(tmp_path, DataConfig(test_fraction=0.5), image_size=16, seed=0)
+    big.train[0]
+    for png in tmp_path.rglob("*.png"):
+        png.unlink()
+    with pytest.raises(BadInputError, match="unreadable image"):
+        big.train[0]
 
 
 def test_one_tree_is_split_by_a_seeded_fraction(tmp_path):

@@ -108,3 +108,36 @@ def test_smoke_pipeline_trains_on_the_gpu(tmp_path, cache_dir):
     assert done.returncode in (0, 3), done.stderr[-2000:]
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["training"]["device"].startswith("cuda")
+
+
+def _distill_losses(fashion_slice, compile: bool) -> list[float]:
+    from edgekd.config import DistillConfig
+    from edgekd.losses import DistillationObjective
+
+    torch.manual_seed(0)
+    teacher = create_model("edgekd_resnet", 10, (1, 28, 28), 0.25).eval()
+    student = create_model("edgekd_cnn", 10, (1, 28, 28), 0.25)
+    objective = DistillationObjective(teacher, DistillConfig())
+    small = torch.utils.data.Subset(fashion_slice.train, range(256))
+    plan = TrainPlan(2, 0.05, 0, 64, 0, augment=("shift",), compile=compile)
+    return fit(student, objective, small, plan, label="distill").epoch_losses
+
+
+def test_compiled_distillation_trains_like_eager(fashion_slice):
+    # `compile = true`: the student's step and the teacher's forward go through torch.compile
+    eager, compiled = _distill_losses(fashion_slice, False), _distill_losses(fashion_slice, True)
+    assert compiled[-1] < compiled[0]
+    assert compiled == pytest.approx(eager, rel=1e-3)
+
+
+def test_a_compiler_that_fails_falls_back_to_eager(fashion_slice, monkeypatch, capsys):
+    def broken(module, **_):
+        def call(*args):
+            raise RuntimeError("InductorError: no working C++ compiler")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.delenv("EDGEKD_QUIET", raising=False)
+    assert _distill_losses(fashion_slice, True) == _distill_losses(fashion_slice, False)
+    said = " ".join(capsys.readouterr().err.split())  # rich wraps lines at the terminal's width
+    assert "distill: torch.compile failed (InductorError: no working C++ compiler); training without it" in said

@@ -27,7 +27,7 @@ class DistillStage:
         plan = TrainPlan(
             epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=ctx.profile.data.batch_size,
             seed=ctx.profile.seed, workers=ctx.profile.data.workers, fast_math=True,
-            augment=augmentations(ctx.profile.data, ctx.data), min_steps=cfg.min_steps,
+            augment=augmentations(ctx.profile.data, ctx.data), min_steps=cfg.min_steps, compile=cfg.compile,
         )
         log = fit(model, objective, ctx.data.train, plan, label="distill",
                   checkpoint=ctx.progress(self.name), fingerprint=ctx.fingerprint)

@@ -78,6 +78,7 @@ def obtain_teacher(source: TeacherSource, profile: Profile, data: DataBundle, ca
     plan = TrainPlan(
         epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=profile.data.batch_size,
         seed=profile.seed, augment=augment, fast_math=True, workers=profile.data.workers, min_steps=cfg.min_steps,
+        compile=cfg.compile,
     )
     progress = cache_dir / "teachers" / f".{cfg.arch}-{key}.progress.pt"
     log = fit(model, CrossEntropyObjective(), data.train, plan, label="teacher", checkpoint=progress, fingerprint=key)
@@ -94,7 +95,8 @@ def obtain_teacher(source: TeacherSource, profile: Profile, data: DataBundle, ca
 
 def cache_entry(profile: Profile, data: DataBundle, cache_dir: Path) -> Path:
     """Where the built-in teacher for this recipe and this data's content is cached."""
-    key = fingerprint(profile.teacher, data_fingerprint(data), data.input_shape, profile.seed,
+    recipe = profile.teacher.model_dump(mode="json", exclude={"compile"})  # how fast it trains, not what it learns
+    key = fingerprint(recipe, data_fingerprint(data), data.input_shape, profile.seed,
                       augmentations(profile.data, data))
     return cache_dir / "teachers" / f"{profile.teacher.arch}-{key}.pt"
 
