@@ -44,6 +44,8 @@ from edgekd.data import augmentations, load_data
 from edgekd.losses import CrossEntropyObjective, DistillationObjective
 from edgekd.models import create_model
 from edgekd.stages.teacher import TeacherSource, default_cache_dir, obtain_teacher
+from edgekd.errors import BadInputError
+from edgekd.teacher_logits import TeacherLogits
 from edgekd.train import TrainPlan, accuracy, fit, seed_everything
 
 OUT = Path(__file__).resolve().parent / "out" / "distill_losses.json"
@@ -74,16 +76,17 @@ def describe(config: DistillConfig | None) -> str:
     return f"LS-KD T={c.temperature:g} weight={c.weight:g} CE={c.ce_weight:g}"
 
 
-def train_student(profile: Profile, data, teacher, config: DistillConfig | None, seed: int):
+def train_student(profile: Profile, data, teacher, config: DistillConfig | None, seed: int,
+                  logits: TeacherLogits | None = None):
     """The profile's student from seed `seed`, trained like stages/distill.py with `config`'s loss."""
     seed_everything(seed)  # same initial weights for every loss
     student = create_model(profile.student.arch, data.num_classes, data.input_shape, profile.student.width)
     cfg = profile.distill
     plan = TrainPlan(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
                      batch_size=profile.data.batch_size, seed=seed, workers=profile.data.workers, fast_math=True,
-                     augment=augmentations(profile.data, data), min_steps=cfg.min_steps)
+                     augment=augmentations(profile.data, data), min_steps=cfg.min_steps, compile=cfg.compile)
     objective = CrossEntropyObjective() if config is None else \
-        DistillationObjective(teacher, config).with_input_shape(data.input_shape)
+        DistillationObjective(teacher, config, logits).with_input_shape(data.input_shape)
     fit(student, objective, data.train, plan, label=f"{describe(config)} seed {seed}")
     return student
 
@@ -109,6 +112,7 @@ def run(profile_name: str, seeds: list[int], cache_dir: Path, quick: bool, out: 
     data = load_data(None, profile.data, seed=profile.seed)
     teacher = obtain_teacher(TeacherSource(), profile, data, cache_dir)
     grid = candidates(profile, quick)
+    logits = TeacherLogits(teacher.model, data.train, data.num_classes)  # one teacher pass, shared by every student
 
     selection: dict[str, list[dict]] = {}
     chosen: dict[str, DistillConfig | None] = {}
@@ -117,13 +121,21 @@ def run(profile_name: str, seeds: list[int], cache_dir: Path, quick: bool, out: 
         selection[name], students = [], []
         for config in options:
             t0 = time.time()
-            students.append((train_student(profile, data, teacher.model, config, seeds[0]), time.time() - t0))
+            try:
+                students.append((train_student(profile, data, teacher.model, config, seeds[0], logits), time.time() - t0))
+            except BadInputError as diverged:  # a setting that diverges on this schedule is not chosen
+                students.append((None, time.time() - t0))
+                selection[name].append({"setting": describe(config), "val_top1": None, "diverged": str(diverged),
+                                        "config": None if config is None else config.model_dump(mode="json")})
+                print(f"select {name:<6} {describe(config):<60} diverged: {diverged}", flush=True)
+                continue
             if len(options) > 1:
                 top1 = accuracy(students[-1][0], data.val)
                 selection[name].append({"setting": describe(config), "val_top1": top1, "seconds": time.time() - t0,
                                         "config": None if config is None else config.model_dump(mode="json")})
                 print(f"select {name:<6} {describe(config):<60} val top-1 {100 * top1:.2f}%", flush=True)
-        best = max(range(len(selection[name])), key=lambda i: (selection[name][i]["val_top1"], -i), default=0)
+        trained = [i for i, r in enumerate(selection[name]) if r["val_top1"] is not None]
+        best = max(trained, key=lambda i: (selection[name][i]["val_top1"], -i), default=0)
         chosen[name], first[name] = options[best], students[best]
 
     teacher_top1 = accuracy(teacher.model, data.test)
@@ -171,7 +183,7 @@ def run(profile_name: str, seeds: list[int], cache_dir: Path, quick: bool, out: 
         for name, config in chosen.items():
             t0 = time.time()
             student, seconds = first[name] if index == 0 else \
-                (train_student(profile, data, teacher.model, config, seed), time.time() - t0)
+                (train_student(profile, data, teacher.model, config, seed, logits), time.time() - t0)
             rows[name]["top1"].append(accuracy(student, data.test))
             rows[name]["seconds"].append(seconds)  # training time of that student
             print(f"seed {seed}: {name:<6} test top-1 {100 * rows[name]['top1'][-1]:.2f}% "
@@ -189,7 +201,8 @@ def print_report(payload: dict) -> None:
     print("|---|---|")
     for name, results in payload["selection"]["results"].items():
         if results:
-            print(f"| {name} | " + "; ".join(f"{r['setting']}: {100 * r['val_top1']:.2f}" for r in results) + " |")
+            print(f"| {name} | " + "; ".join(f"{r['setting']}: " + ("diverged" if r["val_top1"] is None else
+                                                                   f"{100 * r['val_top1']:.2f}") for r in results) + " |")
     print("\n| model | chosen setting | test top-1 % (mean ± std) | per seed | gap closed |")
     print("|---|---|---:|---|---:|")
     for name, row in payload["rows"].items():

@@ -198,7 +198,7 @@ NonNegativeInt = Annotated[int, Field(ge=0)]
 
 
 class TeacherConfig(Strict):
-    arch: str = "edgekd_resnet"
+    arch: str = "edgekd_resnet_fc"
     width: Annotated[float, Field(gt=0, le=16)] = 1.0
     epochs: PositiveInt = 5
     min_steps: NonNegativeInt = 1200  # small data sets: at least this many optimizer steps
@@ -210,7 +210,7 @@ class TeacherConfig(Strict):
 
 
 class StudentConfig(Strict):
-    arch: str = "edgekd_cnn"
+    arch: str = "edgekd_cnn_fc"
     width: Annotated[float, Field(gt=0, le=16)] = 1.0
 
 

@@ -7,12 +7,17 @@ that module's output into a loss. The training loop knows nothing else about eit
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from edgekd.config import DistillConfig, DKDConfig, LSKDConfig
 from edgekd.errors import BadInputError
+
+if TYPE_CHECKING:
+    from edgekd.teacher_logits import TeacherLogits
 
 
 class CrossEntropyObjective(nn.Module):
@@ -23,7 +28,7 @@ class CrossEntropyObjective(nn.Module):
     def trainable(self, model: nn.Module) -> nn.Module:
         return model
 
-    def forward(self, output, x, y):
+    def forward(self, output, x, y, teacher_logits=None):
         return F.cross_entropy(output.float(), y, label_smoothing=self.label_smoothing)
 
 
@@ -132,7 +137,7 @@ class HintStudent(nn.Module):
 class DistillationObjective(nn.Module):
     """Response distillation from a frozen teacher, with an optional feature (hint) term."""
 
-    def __init__(self, teacher: nn.Module, config: DistillConfig):
+    def __init__(self, teacher: nn.Module, config: DistillConfig, logits: "TeacherLogits | None" = None):
         super().__init__()
         self.teacher = teacher.eval()
         for parameter in self.teacher.parameters():
@@ -142,6 +147,9 @@ class DistillationObjective(nn.Module):
         self.progress = 1.0  # share of this training done; `fit` updates it (DKD's warm-up reads it)
         self.teacher_tap = _FeatureTap(find_module(teacher, self.hint.teacher_layer, "teacher")) if self.hint else None
         self._compiled_teacher = None
+        # the teacher's logits computed once per image and view (`fit` reads them where they serve its
+        # split and augmentation); a hint term needs the teacher's features, so it runs the teacher
+        self.teacher_logits = logits if self.hint is None else None
 
     def compile_teacher(self, label: str) -> None:
         """Run the frozen teacher through torch.compile (it is most of a distillation step's cost).
@@ -195,9 +203,10 @@ class DistillationObjective(nn.Module):
             return lskd_loss(logits, teacher_logits, y, cfg.lskd)
         return kd_loss(logits, teacher_logits, y, cfg.temperature, cfg.alpha)
 
-    def forward(self, output, x, y):
-        with torch.no_grad():
-            teacher_logits = (self._compiled_teacher or self.teacher)(x)
+    def forward(self, output, x, y, teacher_logits=None):
+        if teacher_logits is None:
+            with torch.no_grad():
+                teacher_logits = (self._compiled_teacher or self.teacher)(x)
         if self.hint is None:
             return self.response(output, teacher_logits, y)
         logits, student_feature = output

@@ -33,6 +33,7 @@ from edgekd.stages.distill import DistillStage
 from edgekd.stages.prune import PruneStage
 from edgekd.stages.quantize import QuantizeStage
 from edgekd.stages.teacher import Teacher, TeacherSource, default_cache_dir, obtain_teacher, teacher_counts
+from edgekd.teacher_logits import TeacherLogits
 from edgekd.train import correct_onnx, predict_onnx
 from edgekd.measure.target_latency import off_target_label, on_target_device, target_latency
 
@@ -318,7 +319,8 @@ def _compress(options: CompressOptions, claimed: dict) -> CompressResult:
     teacher = obtain_teacher(options.teacher, profile, data, Path(options.cache_dir or default_cache_dir()))
     teacher.details["obtain_seconds"] = round(time.perf_counter() - started, 2)  # trained, or loaded
     example = torch.stack([data.val[i][0] for i in range(min(256, len(data.val)))])
-    ctx = StageContext(profile, target, data, teacher.model, run, example)
+    ctx = StageContext(profile, target, data, teacher.model, run, example,
+                       teacher_logits=TeacherLogits(teacher.model, data.train, data.num_classes))
     records = [_teacher_stage(teacher, ctx)]
     ctx = replace(ctx, accuracy_floor=accuracy_floor(records[0]["val_accuracy"], profile, target))
     torch.manual_seed(profile.seed)

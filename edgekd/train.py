@@ -21,6 +21,7 @@ from torch.utils.data.distributed import DistributedSampler
 from edgekd import checkpoints, distributed
 from edgekd.progress import progress_bar
 from edgekd.runfolder import atomic_torch_save
+from edgekd.teacher_logits import FINITE_VIEWS, IndexedDataset
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class TrainPlan:
 class TrainLog:
     epoch_losses: list[float] = field(default_factory=list)
     resumed_from_epoch: int = 0
+    teacher: str = ""  # distilling stages: "table" (logits looked up, edgekd.teacher_logits) or "online"
 
 
 def seed_everything(seed: int) -> None:
@@ -58,9 +60,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _flip(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mirror a random half of the batch; also which images were mirrored (their view number)."""
     flip = torch.rand(x.shape[0], generator=generator) < 0.5
-    return torch.where(flip[:, None, None, None].to(x.device), x.flip(-1), x)
+    return torch.where(flip[:, None, None, None].to(x.device), x.flip(-1), x), flip.long()
 
 
 def _shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -77,13 +80,24 @@ def _shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return nn.functional.grid_sample(x, grid, mode="nearest", padding_mode="border", align_corners=False)
 
 
-AUGMENTATIONS = {"hflip": _flip, "shift": _shift}
-
-
 def augment(x: torch.Tensor, names: tuple[str, ...], generator: torch.Generator) -> torch.Tensor:
+    return augment_with_views(x, names, generator)[0]
+
+
+def augment_with_views(x: torch.Tensor, names: tuple[str, ...],
+                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The augmented batch, and each image's view number where `names` makes finitely many views
+    (numbered as `teacher_logits.apply_view` reads them), else None."""
+    view = torch.zeros(x.shape[0], dtype=torch.long)
     for name in names:
-        x = AUGMENTATIONS[name](x, generator)
-    return x
+        if name == "hflip":
+            x, flipped = _flip(x, generator)
+            view = None if view is None else view * FINITE_VIEWS["hflip"] + flipped
+        elif name == "shift":
+            x, view = _shift(x, generator), None
+        else:
+            raise ValueError(f"unknown augmentation '{name}'")
+    return x, view
 
 
 def _bf16_supported(device: torch.device) -> bool:
@@ -153,6 +167,14 @@ def fit(
     `after_backward()`, if given, runs after each backward pass, before the optimizer step."""
     seed_everything(plan.seed)
     device = distributed.device()
+    amp_dtype = _mixed_precision(device) if plan.fast_math else None
+    # a distilling objective whose teacher logits are in a table for this split and these views
+    # reads them there instead of running the teacher (edgekd.teacher_logits)
+    table = getattr(objective, "teacher_logits", None)
+    table = table if table is not None and table.serves(dataset, plan.augment) else None
+    if table is not None:
+        table.prepare(plan.augment, device, amp_dtype)
+        dataset = IndexedDataset(dataset)
     trainable = objective.trainable(model).to(device)
     objective.to(device)
     wrapped = trainable
@@ -170,7 +192,6 @@ def fit(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=plan.lr, total_steps=max(1, epochs * len(loader)), pct_start=plan.warmup
     )
-    amp_dtype = _mixed_precision(device) if plan.fast_math else None
     fast = amp_dtype is not None
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
     if fast:
@@ -180,9 +201,9 @@ def fit(
         from edgekd.progress import info
 
         info(f"{label}: compiling the training step with torch.compile (its first step is slow; the rest are faster)")
-    if plan.compile and hasattr(objective, "compile_teacher"):
+    if plan.compile and hasattr(objective, "compile_teacher") and table is None:
         objective.compile_teacher(label)
-    log = TrainLog()
+    log = TrainLog(teacher="" if not hasattr(objective, "teacher_logits") else "table" if table is not None else "online")
     start = 0
     if checkpoint is not None and checkpoint.is_file():
         state = checkpoints.load(checkpoint)  # weights_only=True
@@ -200,15 +221,17 @@ def fit(
         wrapped.train()
         total, batches = 0.0, 0
         with progress_bar(f"{label} epoch {epoch + 1}/{epochs}", len(loader)) as advance:
-            for step, (x, y) in enumerate(loader, start=epoch * len(loader)):
+            for step, batch in enumerate(loader, start=epoch * len(loader)):
                 if hasattr(objective, "set_progress"):  # losses with a warm-up (DKD) read how far training is
                     objective.set_progress(step / max(1, epochs * len(loader)))
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                x = augment(x, plan.augment, augment_rng)
+                x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+                x, view = augment_with_views(x, plan.augment, augment_rng)
+                known = None if table is None else table.lookup(batch[2], view, device)
                 if fast:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=fast):
-                    loss = objective(forward(x), x, y)
+                    output = forward(x)
+                    loss = objective(output, x, y) if known is None else objective(output, x, y, teacher_logits=known)
                 _stop_if_diverged(loss, label, plan.lr, epoch, batches)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()

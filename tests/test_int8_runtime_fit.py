@@ -23,7 +23,7 @@ from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner, store_int8_weights
 from edgekd.stages.quantize import quantize_with_nncf, strip_to_qdq
 
 # small inputs keep it to seconds; random weights: this is about the graph's structure
-MODELS = {"edgekd_cnn": (1, 28, 28), "resnet18": (3, 32, 32), "mobilenet_v3_small": (3, 32, 32)}
+MODELS = {"edgekd_cnn": (1, 28, 28), "edgekd_cnn_fc": (1, 28, 28), "resnet18": (3, 32, 32), "mobilenet_v3_small": (3, 32, 32)}
 
 
 def settle_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> torch.nn.Module:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+import tomllib
 
 import onnxruntime as ort
 import pytest
@@ -120,3 +121,24 @@ def test_hint_profile_runs_through_pruning_and_qat(tmp_path, cache_dir, smoke_ru
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert [s["name"] for s in report["stages"]] == ["teacher", "distill", "prune", "quantize"]
     assert report["stages"][-1]["accuracy"] > 0.2
+
+
+def test_the_default_recipes_models_run_end_to_end_on_a_slice(tmp_path, cache_dir):
+    """The default profile's teacher and student (grid classifiers), distilled from the teacher's
+    logits table, pruned by MACs and trained INT8: every stage exports, checks and is measured."""
+    default = tomllib.loads((REPO / "profiles/default.toml").read_text())
+    text = (REPO / "profiles/smoke.toml").read_text().replace('name = "smoke"', 'name = "smoke-default-models"')
+    text = text.replace('arch = "edgekd_resnet"', f'arch = "{default["teacher"]["arch"]}"')
+    text = text.replace('arch = "edgekd_cnn"\nwidth = 0.5', f'arch = "{default["student"]["arch"]}"\nwidth = 1.0')
+    text = text.replace("[prune]\nratio = 0.5", f'[prune]\nby = "macs"\nratio = {default["prune"]["ratio"]}')
+    profile = tmp_path / "smoke-default-models.toml"
+    profile.write_text(text)
+    done = edgekd("compress", "--profile", str(profile), "--target", "host-cpu", "--run-dir", str(tmp_path / "run"),
+                  "--cache-dir", str(cache_dir))
+    assert done.returncode in (0, 3), done.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    stages = {s["name"]: s for s in report["stages"]}
+    assert stages["distill"]["details"]["teacher"] == "table"  # Fashion-MNIST's flips: two views an image
+    assert stages["prune"]["macs"] <= (1 - default["prune"]["ratio"]) * stages["distill"]["macs"]
+    assert stages["teacher"]["macs"] > 5 * stages["quantize"]["macs"]
+    assert stages["quantize"]["accuracy"] > 0.5 and report["shipped"]["precision"] in ("int8", "fp32")

@@ -10,7 +10,8 @@ from edgekd.metrics import count
 from edgekd.stages.prune import make_pruner, prune_until
 
 
-@pytest.mark.parametrize("arch", ["edgekd_cnn", "edgekd_resnet", "resnet18", "mobilenet_v3_small"])
+@pytest.mark.parametrize("arch", ["edgekd_cnn", "edgekd_cnn_fc", "edgekd_resnet", "edgekd_resnet_fc", "resnet18",
+                                  "mobilenet_v3_small"])
 def test_pruning_makes_the_model_physically_smaller(arch, tmp_path, test_images):
     torch.manual_seed(0)
     model = create_model(arch, 10, (1, 28, 28), 0.5 if arch in ("resnet18",) else 1.0).eval()
@@ -29,6 +30,15 @@ def test_classifier_keeps_its_outputs(test_images):
     make_pruner(model, test_images, PruneConfig(ratio=0.5), 10, 0.5, 1).step()
     assert model.classifier.out_features == 10
     assert model.classifier.in_features == model.features[3][0].out_channels
+
+
+def test_a_grid_classifier_reads_the_pruned_map(test_images):
+    """Flattened features follow the last convolution's channels: 7x7 positions per channel."""
+    model = create_model("edgekd_cnn_fc", 10, (1, 28, 28)).eval()
+    make_pruner(model, test_images, PruneConfig(ratio=0.5), 10, 0.5, 1).step()
+    linear = model.hidden[2]
+    assert linear.in_features == 49 * model.features[2][0].out_channels < 49 * 32
+    assert model.classifier.in_features == linear.out_features and model.classifier.out_features == 10
 
 
 def test_pruning_by_macs_stops_at_the_goal(test_images):

@@ -16,6 +16,7 @@ from torch import nn
 from edgekd.config import Profile, Target
 from edgekd.data import DataBundle
 from edgekd.runfolder import RunFolder
+from edgekd.teacher_logits import TeacherLogits
 
 
 @dataclass
@@ -32,6 +33,9 @@ class StageContext:
     # the lowest validation top-1 (0..1) the student may have: the teacher's minus the accuracy
     # budget. Stages that can trade accuracy (pruning, QAT) respect it; None: no budget known
     accuracy_floor: float | None = None
+    # the teacher's logits on the training split, computed once and shared by every distilling
+    # stage where the augmentation has few enough views (edgekd.teacher_logits); None: always online
+    teacher_logits: "TeacherLogits | None" = None
 
     def progress(self, stage: str) -> Path:
         """The epoch checkpoint a training stage resumes from."""

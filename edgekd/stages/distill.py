@@ -23,7 +23,7 @@ class DistillStage:
 
     def run(self, model: nn.Module, ctx: StageContext) -> StageOutput:
         cfg = ctx.profile.distill
-        objective = DistillationObjective(ctx.teacher, cfg).with_input_shape(ctx.data.input_shape)
+        objective = DistillationObjective(ctx.teacher, cfg, ctx.teacher_logits).with_input_shape(ctx.data.input_shape)
         plan = TrainPlan(
             epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=ctx.profile.data.batch_size,
             seed=ctx.profile.seed, workers=ctx.profile.data.workers, fast_math=True,
@@ -31,4 +31,8 @@ class DistillStage:
         )
         log = fit(model, objective, ctx.data.train, plan, label="distill",
                   checkpoint=ctx.progress(self.name), fingerprint=ctx.fingerprint)
-        return StageOutput(model, {"epoch_losses": log.epoch_losses, "resumed_from_epoch": log.resumed_from_epoch})
+        details = {"epoch_losses": log.epoch_losses, "resumed_from_epoch": log.resumed_from_epoch,
+                   "teacher": log.teacher}
+        if log.teacher == "table":
+            details["teacher_table_seconds"] = round(ctx.teacher_logits.seconds, 2)
+        return StageOutput(model, details)

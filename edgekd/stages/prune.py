@@ -133,7 +133,7 @@ def _plan(ctx: StageContext, seed: int, epochs: int | None = None) -> TrainPlan:
 
 def recover(model: nn.Module, ctx: StageContext, step: int, label: str) -> list[float]:
     """Distillation from the teacher after a pruning step; the epoch losses."""
-    objective = DistillationObjective(ctx.teacher, ctx.profile.distill).with_input_shape(ctx.data.input_shape)
+    objective = DistillationObjective(ctx.teacher, ctx.profile.distill, ctx.teacher_logits).with_input_shape(ctx.data.input_shape)
     model.zero_grad(set_to_none=True)
     return fit(model, objective, ctx.data.train, _plan(ctx, ctx.profile.seed + step + 1), label=label).epoch_losses
 
@@ -146,7 +146,7 @@ def sparse_training(model: nn.Module, ctx: StageContext) -> list[float]:
         return []
     pruner = make_pruner(model, ctx.example, cfg, ctx.data.num_classes, cfg.ratio, 1)
     pruner.update_regularizer()
-    objective = DistillationObjective(ctx.teacher, ctx.profile.distill).with_input_shape(ctx.data.input_shape)
+    objective = DistillationObjective(ctx.teacher, ctx.profile.distill, ctx.teacher_logits).with_input_shape(ctx.data.input_shape)
     log = fit(model, objective, ctx.data.train, _plan(ctx, ctx.profile.seed, cfg.sparse_epochs),
               label="prune sparse training", after_backward=lambda: pruner.regularize(model))
     model.zero_grad(set_to_none=True)

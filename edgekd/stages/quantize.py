@@ -134,7 +134,7 @@ class QuantizeStage:
         quantized = quantize_with_nncf(model, ctx.data.train, cfg.calibration_samples, scheme, seed=ctx.profile.seed)
         details: dict = {"method": cfg.method, "scheme": scheme.value, "epoch_losses": []}
         if cfg.method == "qat" and cfg.epochs > 0:
-            objective = DistillationObjective(ctx.teacher, ctx.profile.distill).with_input_shape(ctx.data.input_shape)
+            objective = DistillationObjective(ctx.teacher, ctx.profile.distill, ctx.teacher_logits).with_input_shape(ctx.data.input_shape)
             plan = TrainPlan(
                 epochs=cfg.epochs, lr=cfg.lr, weight_decay=0.0, batch_size=ctx.profile.data.batch_size,
                 seed=ctx.profile.seed, warmup=0.05, workers=ctx.profile.data.workers, min_steps=cfg.min_steps,
