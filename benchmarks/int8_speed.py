@@ -24,6 +24,7 @@ torchvision models, top-1 agreement with the FP32 file on the same inputs.
     python benchmarks/int8_speed.py --models resnet18 mobilenet_v3_large --batches 1
     python benchmarks/int8_speed.py --quick --models edgekd_cnn
     python benchmarks/int8_speed.py --channels            # only: channel counts vs INT8 speed, edgekd_cnn
+    python benchmarks/int8_speed.py --run RUN_DIR         # only: a compress run's own student.fp32/int8.onnx
 """
 
 from __future__ import annotations
@@ -250,12 +251,41 @@ def bench_channels(mode: str, folder: Path, data) -> dict:
     return out
 
 
+def bench_run(run: Path, mode: str, with_openvino: bool, batches) -> dict:
+    """A finished run's own files, as they ship: `student.fp32.onnx` (its last FP32 stage) against
+    `student.int8.onnx` (QAT, placed and mixed for the run's target), timed side by side."""
+    report = json.loads((run / "report.json").read_text())
+    files = {"fp32": run / "student.fp32.onnx", "edgekd": run / "student.int8.onnx"}
+    timing, rounds = TIMING[mode]
+    stages = {s["name"]: s for s in report["stages"]}
+    last_fp32 = [s for s in report["stages"] if s["precision"] == "fp32"][-1]
+    result = {"run": str(run), "target": report["target"]["name"], "shipped": report["shipped"],
+              "convs": {k: conv_counts(p, THREADS) for k, p in files.items()},
+              "accuracy": {"fp32": last_fp32["accuracy"], "edgekd": stages["quantize"]["accuracy"]},
+              "macs": stages["quantize"]["macs"], "batches": {}}
+    for batch in batches:
+        runners = {f"ort/{k}": OnnxRuntimeRunner(p, THREADS) for k, p in files.items()}
+        if with_openvino:
+            from edgekd.runtimes.openvino import OpenVinoRunner
+
+            runners.update({f"ov/{k}": OpenVinoRunner(p, THREADS) for k, p in files.items()})
+        latency = measure_runners_side_by_side(runners, batch, timing, rounds)
+        rows = {k: {"p50": v.p50, "p90": v.p90, "runs": v.runs, "runtime": v.runtime} for k, v in latency.items()}
+        for key, row in rows.items():
+            row["speedup_vs_same_runtime_fp32"] = rows[f"{key.split('/')[0]}/fp32"]["p50"] / row["p50"]
+        result["batches"][str(batch)] = {"rows": rows}
+        print(f"batch {batch}: " + ", ".join(f"{k} {v['p50']:.4f} ms ({v['speedup_vs_same_runtime_fp32']:.2f}x)"
+                                            for k, v in rows.items()), flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--quick", action="store_true", help="short timing (a smoke test of the script)")
     parser.add_argument("--no-openvino", action="store_true")
     parser.add_argument("--channels", action="store_true", help="only the channel-count study")
+    parser.add_argument("--run", type=Path, help="only: time this compress run's student.fp32.onnx and student.int8.onnx")
     parser.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
@@ -280,7 +310,11 @@ def main() -> None:
 
         result["openvino"] = openvino.__version__
     with tempfile.TemporaryDirectory() as folder:
-        if args.channels:
+        if args.run is not None:
+            if not (args.run / "report.json").is_file():
+                parser.error(f"{args.run}: no report.json (not a finished edgekd run folder)")
+            result["run"] = bench_run(args.run, mode, with_openvino, tuple(args.batches))
+        elif args.channels:
             result["channels"] = bench_channels(mode, Path(folder), data)
         else:
             result["models"] = {name: bench_model(name, data, mode, with_openvino, Path(folder), tuple(args.batches))

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edgekd.checkpoints import load_stage_model  # noqa: E402
-from edgekd.config import load_profile, load_target  # noqa: E402
+from edgekd.config import Profile, Target  # noqa: E402
 from edgekd.data import load_data  # noqa: E402
 from edgekd.metrics import count  # noqa: E402
 from edgekd.runfolder import RunFolder  # noqa: E402
@@ -40,6 +40,18 @@ from edgekd.train import accuracy  # noqa: E402
 OUT = REPO / "benchmarks" / "out" / "prune_curve.json"
 
 
+def run_profile(saved: dict) -> Profile:
+    """The run's own recipe from its config.json (a full dump: the other losses' tables are dropped,
+    since a profile may only set the chosen loss's)."""
+    distill = dict(saved["distill"])
+    for loss in ("dkd", "lskd"):
+        if distill["loss"] != loss:
+            distill.pop(loss, None)
+    if distill["loss"] != "kd":
+        distill.pop("temperature", None), distill.pop("alpha", None)
+    return Profile.model_validate({**saved, "distill": distill})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="a finished `edgekd compress` run folder")
@@ -50,8 +62,8 @@ def main() -> None:
     if not (args.run / "config.json").is_file():
         parser.error(f"{args.run} is not an edgekd run folder (no config.json)")
     config = json.loads((args.run / "config.json").read_text())
-    profile = load_profile(config["profile"]["name"])
-    target = load_target(config["target"]["name"])
+    profile = run_profile(config["profile"])
+    target = Target.model_validate(config["target"])
     data = load_data(None, profile.data, seed=profile.seed)
     teacher = obtain_teacher(TeacherSource(), profile, data, args.cache_dir or default_cache_dir()).model
     student = load_stage_model(args.run, "distill")
