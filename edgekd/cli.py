@@ -55,7 +55,7 @@ def compress(
     teacher: Annotated[Optional[str], typer.Option(help="Teacher: an edgekd checkpoint, a state dict (+ --teacher-arch), a TorchScript or torch.export (.pt2) file, or an architecture name with --teacher-weights. Default: train the built-in teacher once and cache it.")] = None,
     teacher_arch: Annotated[Optional[str], typer.Option(help="Architecture of a bare state-dict --teacher.")] = None,
     teacher_weights: Annotated[Optional[str], typer.Option(help="Weights file for a named --teacher architecture.")] = None,
-    student: Annotated[Optional[str], typer.Option(help="Student architecture: edgekd_cnn, mobilenet_v3_small, resnet18, edgekd_resnet. [default: the profile's]")] = None,
+    student: Annotated[Optional[str], typer.Option(help="Student architecture: edgekd_cnn_fc, edgekd_cnn, mobilenet_v3_small, resnet18, edgekd_resnet, edgekd_resnet_fc. [default: the profile's]")] = None,
     width: Annotated[Optional[float], typer.Option(help="Student width multiplier. [default: the profile's]", min=0.05, max=16)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed; the same command and seed give the same model. [default: the profile's]", min=0, max=2**32 - 1)] = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="Run folder: a new or empty one (an existing run's needs --resume or --overwrite). [default: runs/<timestamp>-<target>, made unique]")] = None,
