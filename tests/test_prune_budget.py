@@ -188,6 +188,16 @@ def test_a_ratio_the_graph_cannot_honour_is_reported_not_silent(tmp_path, data):
         reach(student(1.0), context(tmp_path, data, {"ratio": 0.95, "steps": 1}))
 
 
+def test_a_ratio_that_lands_past_the_ask_is_reported_too(tmp_path, data):
+    """By MACs, one channel step of round_to on narrow layers removes several points at once: the
+    default student asked for 20% of its MACs loses 29%, and the record says so."""
+    torch.manual_seed(0)
+    model = create_model("edgekd_cnn_fc", 10, (1, 28, 28)).eval()
+    over = reach(model, context(tmp_path, data, {"ratio": 0.2, "by": "macs", "steps": 2}))
+    assert over["over"] and not over["short"] and over["reachable"] > 0.22
+    assert "20%" in over["note"] and f"{100 * over['reachable']:.1f}%" in over["note"]
+
+
 def test_a_student_too_small_to_prune_exits_2_in_one_line(tmp_path, cache_dir):
     done = edgekd("compress", "--profile", "smoke", "--target", "host-cpu", "--width", "0.05",
                   "--run-dir", str(tmp_path / "tiny"), "--cache-dir", str(cache_dir))

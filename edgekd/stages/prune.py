@@ -205,11 +205,16 @@ def reach(model: nn.Module, ctx: StageContext) -> dict:
             f"conv widths {widths[0]}..{widths[-1]}, channel counts kept in multiples of round_to = {cfg.round_to}); "
             f"lower prune.ratio or round_to, widen the student, or set prune.enabled = false")
     asked = cfg.ratio
-    reach = {"asked": asked, "by": cfg.by, "reachable": round(removed, 4), "short": removed < asked - 0.02}
+    reach = {"asked": asked, "by": cfg.by, "reachable": round(removed, 4), "short": removed < asked - 0.02,
+             "over": removed > asked + 0.02}
     if reach["short"]:
         reach["note"] = (f"prune.ratio {asked:g} asks for {100 * asked:.0f}% of the {cfg.by}; the dependency graph "
                          f"(channel counts in multiples of {cfg.round_to}) allows {100 * removed:.1f}%: pruned that far")
         info(f"[yellow]prune: {reach['note']}")
+    elif reach["over"]:  # by MACs on narrow layers: one channel step of round_to can remove several points
+        reach["note"] = (f"prune.ratio {asked:g} asks for {100 * asked:.0f}% of the {cfg.by}; channel counts move in "
+                         f"multiples of {cfg.round_to}, and the first count that reaches it removes {100 * removed:.1f}%")
+        info(f"prune: {reach['note']}")
     return reach
 
 
