@@ -195,18 +195,22 @@ def slower_in_int8(timings: list[LayerTiming], margin: float = LAYER_MARGIN) -> 
 # ---------------------------------------------------------------- the quantize stage's hook
 
 
-def fit_int8_to_target(int8_path: Path, fp32_path: Path | None, ctx) -> dict:
+def fit_int8_to_target(int8_path: Path, fp32_path: Path | None, ctx, check=lambda: None) -> dict:
     """Make the exported QDQ graph fit the target's runtime (see the module docstring); returns the
     facts for the quantize stage's record. The graph at `int8_path` is rewritten in place;
-    `fp32_path` is the FP32 file it was quantized from (for timing layers in both precisions)."""
+    `fp32_path` is the FP32 file it was quantized from (for timing layers in both precisions).
+    `check()` runs on the all-INT8 graph, once its quantizers are placed and before any layer is
+    made float: that graph must compute what the fake-quantized model computes."""
     target = ctx.target
     if target.runtime is not Runtime.ONNXRUNTIME_CPU:
+        check()
         return {"placement": "NNCF's (fits OpenVINO and TensorRT)"}
     from edgekd.export.ort_qdq import conv_counts, place_for_onnxruntime
     from edgekd.measure.target_latency import measurable_here
 
     calibration = _calibration_images(ctx)
     placement = place_for_onnxruntime(int8_path, calibration)
+    check()
     details = {"placement": placement.as_dict(), "layers_kept_float": [], "layer_timings": []}
     can_measure, why = measurable_here(target)
     if can_measure and fp32_path is not None:
