@@ -154,3 +154,36 @@ def test_openvino_runs_the_int8_file_and_its_ir(student, tmp_path):
         logits = runner.run(images)
         assert (logits.argmax(1) == reference.argmax(1)).mean() >= 0.9
         assert runner.measure(4, max_seconds=0.5).source == "measured"
+
+
+def _optimised_ops(path: Path, folder: Path) -> list[str]:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.optimized_model_filepath = str(folder / "optimised.onnx")
+    options.log_severity_level = 3
+    onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(str(folder / "optimised.onnx")).graph.node]
+
+
+def test_a_grid_classifier_reads_its_map_channels_last_in_int8(tmp_path, monkeypatch):
+    """edgekd_cnn_fc's head flattens a 7x7 map into a Gemm: placed for ONNX Runtime, the Flatten
+    reads the channels-last QLinearConv output (the Gemm's columns permuted to match), so ORT's
+    optimised graph has no Transpose back to NCHW, and the logits are those of the plain placement."""
+    int8, _, images = _int8_and_fp32("edgekd_cnn_fc", tmp_path)
+    model = onnx.load(str(int8))
+    placed_plain = tmp_path / "plain.onnx"
+    shutil.copy(int8, placed_plain)
+    placement = place_for_onnxruntime(int8, images)
+    assert len(placement.flattened_channels_last) == 1
+    assert place_for_onnxruntime(int8, images).flattened_channels_last == []  # placing again rewrites once
+    from edgekd.export import ort_qdq
+
+    with monkeypatch.context() as patch:  # the same placement without this rewrite: the reference
+        patch.setattr(ort_qdq, "_flatten_channels_last", lambda model: [])
+        place_for_onnxruntime(placed_plain, images)
+    assert "Flatten" in [n.op_type for n in model.graph.node]
+    np.testing.assert_allclose(OnnxRuntimeRunner(int8).run(images), OnnxRuntimeRunner(placed_plain).run(images),
+                               atol=1e-5)
+    plain_ops, channels_last_ops = _optimised_ops(placed_plain, tmp_path), _optimised_ops(int8, tmp_path)
+    assert plain_ops.count("Transpose") == channels_last_ops.count("Transpose") + 1
