@@ -133,8 +133,12 @@ def main() -> None:
 
 
 def table(results: dict) -> str:
+    """The README's table: per row the validation gap with its paired 95% upper bound and the
+    validation images behind it (from the verdict line), the test gap, the exit and the verdict."""
+    import re
+
     lines = ["| images | seed | teacher test % | label-only ref. test % (seed 0, 3x steps) | INT8 student test % "
-             "| gap val (points) | gap test (points) | exit | accuracy verdict |",
+             "| gap val (points; upper bound, val images) | gap test (points) | exit | accuracy verdict |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     broken = []
     for size, entry in sorted(results.items(), key=lambda kv: int(kv[0])):
@@ -143,18 +147,26 @@ def table(results: dict) -> str:
             if "error" in row:
                 lines.append(f"| {size} | {seed} | | | | | | {row['exit']} | {row['error']} |")
                 continue
-            verdict = row["accuracy_verdict"].split(":")[0]
+            verdict = row["accuracy_verdict"]
+            bound = re.search(r"at most (-?[\d.]+) at 95% confidence, (\d+) validation images", verdict)
+            gap_val = f"{row['gap_val_points']:.2f}" + (f" ({bound.group(1)}, {bound.group(2)})" if bound else "")
+            if verdict.startswith("accuracy MET"):
+                why = "MET"
+            elif "too small to show" in verdict:
+                why = "MISSED: split too small to show the budget"
+            else:
+                stage = re.search(r"first over budget at (?:the )?(\w+)", verdict)
+                why = "MISSED" + (f": first over budget at {stage.group(1)}" if stage else "")
             reference = f"{100 * ref['test']:.2f}" if ref else ""
             lines.append(f"| {size} | {seed} | {100 * row['teacher_test']:.2f} | {reference} | "
-                         f"{100 * row['student_test']:.2f} | {row['gap_val_points']:.2f} | "
-                         f"{row['gap_test_points']:.2f} | {row['exit']} | {verdict} |")
+                         f"{100 * row['student_test']:.2f} | {gap_val} | {row['gap_test_points']:.2f} | "
+                         f"{row['exit']} | {why} |")
             if row["exit"] == 0 and row["gap_val_points"] > 1.0 + 1e-9:
                 broken.append(f"{size}/{seed}")
     lines.append("")
     lines.append("PROMISE BROKEN: exit 0 with a gap over budget in " + ", ".join(broken) if broken
                  else "every row: within the 1-point budget (validation), or exit 3 saying which budget it missed: PASS")
     return "\n".join(lines)
-
 
 if __name__ == "__main__":
     main()

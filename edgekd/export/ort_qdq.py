@@ -20,7 +20,7 @@ those convolutions in float, between a dequantize and a quantize: slower than th
   4. a Flatten of a 4-D map with more than one position, read by a Gemm (a grid classifier's head),
      reads the map channels-last, with the Gemm's weight columns permuted to match: the same
      function, but ONNX Runtime then cancels the UINT8 Transpose back to NCHW that it puts after a
-     channels-last QLinearConv (the default student at batch 64: 703 of 1,550 us in that Transpose).
+     channels-last QLinearConv.
 Layers named in `keep_float` go the other way: their weight is dequantized into a float initializer,
 so ONNX Runtime runs them in FP32 (mixed precision, chosen by measurement in `edgekd.precision`).
 """
