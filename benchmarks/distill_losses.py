@@ -20,6 +20,7 @@ The figure of merit is the share of the gap each loss closes:
     python benchmarks/distill_losses.py                    # default profile, seeds 0,1,2
     python benchmarks/distill_losses.py --quick            # smoke profile, 2 settings per loss at most: checks the script
     python benchmarks/distill_losses.py --seeds 0 --out /tmp/one-seed.json   # time one seed first
+    python benchmarks/distill_losses.py --losses labels,kd --distill-epochs 32 --out benchmarks/out/distill_losses_32.json
 
 The teacher comes from edgekd's cache (EDGEKD_CACHE_DIR, or --cache-dir), exactly as
 `edgekd compress` finds it; if it is not there it is trained once with the profile's recipe and cached.
@@ -106,12 +107,17 @@ def parse_seeds(parser: argparse.ArgumentParser, text: str) -> list[int]:
     return seeds
 
 
-def run(profile_name: str, seeds: list[int], cache_dir: Path, quick: bool, out: Path) -> dict:
+def run(profile_name: str, seeds: list[int], cache_dir: Path, quick: bool, out: Path,
+        losses: list[str] | None = None, distill_epochs: int | None = None) -> dict:
     started = time.time()
     profile = load_profile(profile_name)
+    if distill_epochs is not None:  # a longer (or shorter) schedule, the same for every loss
+        profile = profile.model_copy(update={"distill": profile.distill.model_copy(update={"epochs": distill_epochs})})
     data = load_data(None, profile.data, seed=profile.seed)
     teacher = obtain_teacher(TeacherSource(), profile, data, cache_dir)
     grid = candidates(profile, quick)
+    if losses:
+        grid = {name: grid[name] for name in losses}
     logits = TeacherLogits(teacher.model, data.train, data.num_classes)  # one teacher pass, shared by every student
 
     selection: dict[str, list[dict]] = {}
@@ -227,10 +233,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help=f"teacher cache [default: EDGEKD_CACHE_DIR or {default_cache_dir()}]")
     parser.add_argument("--out", type=Path, default=OUT, help=f"JSON output [default: {OUT}]")
+    parser.add_argument("--losses", help="comma-separated subset of labels,kd,dkd,lskd [default: all]; labels is always kept")
+    parser.add_argument("--distill-epochs", type=int, help="override the profile's [distill] epochs, for every loss")
     args = parser.parse_args(argv)
     seeds = parse_seeds(parser, args.seeds)
+    losses = None
+    if args.losses:
+        losses = ["labels"] + [n.strip() for n in args.losses.split(",") if n.strip() and n.strip() != "labels"]
+        unknown = [n for n in losses if n not in ("labels", "kd", "dkd", "lskd")]
+        if unknown:
+            parser.error(f"--losses: unknown loss {', '.join(unknown)} (choose from labels, kd, dkd, lskd)")
+    if args.distill_epochs is not None and args.distill_epochs < 1:
+        parser.error("--distill-epochs must be at least 1")
     profile = args.profile or ("smoke" if args.quick else "default")
-    payload = run(profile, seeds, args.cache_dir or default_cache_dir(), args.quick, args.out)
+    payload = run(profile, seeds, args.cache_dir or default_cache_dir(), args.quick, args.out, losses,
+                  args.distill_epochs)
     print_report(payload)
     print(f"written: {args.out}")
     return 0
