@@ -1,8 +1,9 @@
 """Where an ONNX file's time goes in ONNX Runtime: per-node kernel time from its own profiler.
 
-Runs the file 20 times to warm up, then 100 times with `enable_profiling`, and prints each node of
-ONNX Runtime's optimised graph with its median kernel time, slowest first (2 threads, random
-inputs of the file's own input shape at the given batch).
+Runs the file 20 times to warm up, then 100 profiled times (edgekd's `node_samples`, the profile
+the quantize stage uses to choose each layer's precision), and prints each node of ONNX Runtime's
+optimised graph with its median kernel time, slowest first (random inputs of the file's own input
+shape at the given batch).
 
     python benchmarks/ort_profile.py RUN/student.int8.onnx --batch 64
 """
@@ -10,50 +11,30 @@ inputs of the file's own input shape at the given batch).
 from __future__ import annotations
 
 import argparse
-import collections
-import json
-import os
-import tempfile
+import sys
+from pathlib import Path
 
 import numpy as np
-import onnxruntime
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-def profile(path: str, batch: int, threads: int = 2, runs: int = 100) -> list[tuple[float, str, str]]:
-    def session(profiling: bool, prefix: str = ""):
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        if profiling:
-            options.enable_profiling = True
-            options.profile_file_prefix = prefix
-        return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-
-    warm = session(False)
-    shape = [batch, *[d if isinstance(d, int) else 1 for d in warm.get_inputs()[0].shape[1:]]]
-    feed = {warm.get_inputs()[0].name: np.random.default_rng(0).random(shape, dtype=np.float32)}
-    for _ in range(20):
-        warm.run(None, feed)
-    with tempfile.TemporaryDirectory() as folder:
-        timed = session(True, os.path.join(folder, "profile"))
-        for _ in range(runs):
-            timed.run(None, feed)
-        events = json.loads(open(timed.end_profiling()).read())
-    times = collections.defaultdict(list)
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            times[(event["args"].get("op_name", ""), event["name"][:-len("_kernel_time")])].append(event["dur"])
-    return sorted(((float(np.median(v)), op, name) for (op, name), v in times.items()), reverse=True)
+from edgekd.runtimes.onnxruntime import node_samples  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("onnx")
+    parser.add_argument("onnx", type=Path)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=100)
     args = parser.parse_args()
-    rows = profile(args.onnx, args.batch, args.threads)
-    print(f"{args.onnx}, batch {args.batch}: sum of node medians {sum(r[0] for r in rows):.0f} us")
+    if not args.onnx.is_file():
+        parser.error(f"{args.onnx}: no such file")
+    if args.batch < 1 or args.threads < 1 or args.runs < 1:
+        parser.error("--batch, --threads and --runs must be at least 1")
+    samples = node_samples(args.onnx, args.threads, args.batch, args.runs, warmup=20)
+    rows = sorted(((1000 * float(np.median(ms)), op, name) for name, (op, ms) in samples.items()), reverse=True)
+    print(f"{args.onnx}, batch {args.batch}, {args.threads} threads: sum of node medians {sum(r[0] for r in rows):.0f} us")
     for micros, op, name in rows:
         print(f"{micros:9.0f} us  {op:20s} {name}")
 

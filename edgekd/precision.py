@@ -167,25 +167,11 @@ def layer_timings(fp32_path: Path, int8_path: Path, threads: int, batch: int, ru
 
 
 def median_node_times(path: Path, threads: int, batch: int, runs: int = 30) -> dict[str, float]:
-    """Median milliseconds per node over `runs` profiled runs (after 5 unprofiled warm-up runs): the
-    median, because one descheduled run on a shared host would otherwise decide a layer's precision."""
-    import json
+    """Median milliseconds per node over `runs` profiled runs (after 5 warm-up runs): the median,
+    because one descheduled run on a shared host would otherwise decide a layer's precision."""
+    from edgekd.runtimes.onnxruntime import node_samples
 
-    from edgekd.runtimes.onnxruntime import open_session
-
-    with tempfile.TemporaryDirectory() as folder:
-        session = open_session(Path(path), threads, profile_prefix=str(Path(folder) / "ort"))
-        meta = session.get_inputs()[0]
-        dims = tuple(d if isinstance(d, int) else 1 for d in meta.shape[1:])
-        images = np.random.default_rng(0).standard_normal((batch, *dims)).astype(np.float32)
-        for _ in range(runs + 5):
-            session.run(None, {meta.name: images})
-        trace = json.loads(Path(session.end_profiling()).read_text())
-    samples: dict[str, list[float]] = {}
-    for event in trace:
-        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
-            samples.setdefault(event["name"][: -len("_kernel_time")], []).append(event["dur"] / 1000.0)
-    return {name: float(np.median(values[5:] if len(values) > 5 else values)) for name, values in samples.items()}
+    return {name: float(np.median(values)) for name, (_, values) in node_samples(path, threads, batch, runs).items()}
 
 
 def slower_in_int8(timings: list[LayerTiming], margin: float = LAYER_MARGIN) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -102,28 +101,27 @@ def measure_side_by_side(paths: dict[str, Path], threads: int, batches: tuple[in
                 for b in batches} for n in names}
 
 
-def profile_layers(path: Path, threads: int, batch: int, runs: int = 30) -> list[dict]:
-    """Mean time per node from ONNX Runtime's own profiler: [{name, op, ms}], slowest first."""
+def node_samples(path: Path, threads: int, batch: int, runs: int = 30, warmup: int = 5) -> dict[str, tuple[str, list[float]]]:
+    """Per node of ONNX Runtime's optimised graph, from its own profiler: (op, milliseconds of each
+    of `runs` runs), after `warmup` runs that are left out. Random inputs of the file's own shape."""
     with tempfile.TemporaryDirectory() as folder:
         session = open_session(Path(path), threads, profile_prefix=str(Path(folder) / "ort"))
         meta = session.get_inputs()[0]
         dims = tuple(d if isinstance(d, int) else 1 for d in meta.shape[1:])
         images = np.random.default_rng(0).standard_normal((batch, *dims)).astype(np.float32)
-        for _ in range(5):
-            session.run(None, {meta.name: images})
-        for _ in range(runs):
+        for _ in range(warmup + runs):
             session.run(None, {meta.name: images})
         trace = json.loads(Path(session.end_profiling()).read_text())
-    totals: dict[str, float] = defaultdict(float)
-    ops: dict[str, str] = {}
-    counts: dict[str, int] = defaultdict(int)
+    samples: dict[str, tuple[str, list[float]]] = {}
     for event in trace:
-        if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
-            continue
-        name = event["name"][: -len("_kernel_time")]
-        totals[name] += event["dur"] / 1000.0
-        counts[name] += 1
-        ops[name] = event.get("args", {}).get("op_name", "?")
-    # the first 5 runs are warm-up: average over all runs seen, which the warm-up barely moves
-    rows = [{"name": n, "op": ops[n], "ms": totals[n] / counts[n]} for n in totals]
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            name = event["name"][: -len("_kernel_time")]
+            samples.setdefault(name, (event.get("args", {}).get("op_name", "?"), []))[1].append(event["dur"] / 1000.0)
+    return {name: (op, values[warmup:] if len(values) > warmup else values) for name, (op, values) in samples.items()}
+
+
+def profile_layers(path: Path, threads: int, batch: int, runs: int = 30) -> list[dict]:
+    """Mean time per node from ONNX Runtime's own profiler: [{name, op, ms}], slowest first."""
+    rows = [{"name": name, "op": op, "ms": float(np.mean(values))}
+            for name, (op, values) in node_samples(path, threads, batch, runs).items()]
     return sorted(rows, key=lambda r: r["ms"], reverse=True)
