@@ -237,15 +237,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distill-epochs", type=int, help="override the profile's [distill] epochs, for every loss")
     args = parser.parse_args(argv)
     seeds = parse_seeds(parser, args.seeds)
-    losses = None
-    if args.losses:
-        losses = ["labels"] + [n.strip() for n in args.losses.split(",") if n.strip() and n.strip() != "labels"]
-        unknown = [n for n in losses if n not in ("labels", "kd", "dkd", "lskd")]
-        if unknown:
-            parser.error(f"--losses: unknown loss {', '.join(unknown)} (choose from labels, kd, dkd, lskd)")
     if args.distill_epochs is not None and args.distill_epochs < 1:
         parser.error("--distill-epochs must be at least 1")
     profile = args.profile or ("smoke" if args.quick else "default")
+    losses = None
+    if args.losses:
+        known = list(candidates(load_profile(profile), args.quick))
+        losses = ["labels"] + [n.strip() for n in args.losses.split(",") if n.strip() and n.strip() != "labels"]
+        unknown = [n for n in losses if n not in known]
+        if unknown:
+            parser.error(f"--losses: unknown loss {', '.join(unknown)} (choose from {', '.join(known)})")
     payload = run(profile, seeds, args.cache_dir or default_cache_dir(), args.quick, args.out, losses,
                   args.distill_epochs)
     print_report(payload)

@@ -168,5 +168,6 @@ def table(results: dict) -> str:
                  else "every row: within the 1-point budget (validation), or exit 3 saying which budget it missed: PASS")
     return "\n".join(lines)
 
+
 if __name__ == "__main__":
     main()

@@ -193,11 +193,13 @@ def _flatten_channels_last(model) -> list[str]:
                 source is not None and source.op_type == "Transpose"):
             continue
         users = _consumers(graph, node.output[0])
-        weight = _gemm_weight(users[0], producers, initializers) if len(users) == 1 else None
+        if len(users) != 1 or users[0].op_type != "Gemm":
+            continue
+        trans_b = next((a.i for a in users[0].attribute if a.name == "transB"), 0)
+        weight = _gemm_weight(users[0], trans_b, producers, initializers)
         if weight is None or uses[weight.name] != 1 or uses[users[0].input[1]] != 1:
             continue
         channels, height, width = shape[1:]
-        trans_b = next((a.i for a in users[0].attribute if a.name == "transB"), 0)
         values = numpy_helper.to_array(weight)
         if trans_b:  # (out, C*H*W): columns in C, H, W order -> H, W, C
             permuted = values.reshape(-1, channels, height, width).transpose(0, 2, 3, 1)
@@ -212,13 +214,10 @@ def _flatten_channels_last(model) -> list[str]:
     return rewritten
 
 
-def _gemm_weight(node, producers: dict, initializers: dict):
+def _gemm_weight(gemm, trans_b: int, producers: dict, initializers: dict):
     """The initializer behind a Gemm's weight, through its DequantizeLinear (and QuantizeLinear),
     if every quantizer on the way is per-tensor or per output channel; else None."""
-    if node.op_type != "Gemm":
-        return None
-    trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-    name = node.input[1]
+    name = gemm.input[1]
     while name not in initializers:
         step = producers.get(name)
         if step is None or step.op_type not in ("DequantizeLinear", "QuantizeLinear"):
