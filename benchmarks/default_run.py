@@ -11,6 +11,7 @@ at most 10 min, cached at most 4 min on 2 cores.
 
     python benchmarks/default_run.py                  # seeds 0 1 2, then seed 0 cached
     python benchmarks/default_run.py --seeds 0 --target host-cpu
+    python benchmarks/default_run.py --seeds 0 --fp32  # as a CPU without bf16 trains: fp32 throughout
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 OUT = REPO / "benchmarks" / "out" / "default_run"
 
 
@@ -66,18 +68,30 @@ def compress(seed: int, target: str, run_dir: Path, cache: Path, profile: str) -
     }
 
 
+def fp32_profile(name: str) -> Path:
+    """The profile as a file with `mixed_precision = false`: how a CPU without bf16 trains it."""
+    source = Path(name) if name.endswith(".toml") else REPO / "profiles" / f"{name}.toml"
+    path = OUT / f"{source.stem}-fp32.toml"
+    path.write_text("mixed_precision = false\n" + source.read_text())
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--target", default="jetson-orin")
     parser.add_argument("--profile", default="default")
     parser.add_argument("--no-cached", action="store_true", help="skip the cached rerun of the first seed")
+    parser.add_argument("--fp32", action="store_true",
+                        help="train in fp32 even where the CPU has bf16 (the profile with mixed_precision = false)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.fp32:
+        args.profile = str(fp32_profile(args.profile))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout
     results = {"cpu": cpu_model(), "cpus": os.cpu_count(), "commit": commit.strip(), "target": args.target,
                "profile": args.profile, "cold": [], "cached": None}
-    out = OUT / f"results-{args.profile}-{args.target}.json"
+    out = OUT / f"results-{Path(args.profile).stem}-{args.target}.json"
     for seed in args.seeds:
         cache = OUT / f"cache-{seed}"
         shutil.rmtree(cache, ignore_errors=True)  # cold: the teacher trains

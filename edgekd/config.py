@@ -337,6 +337,9 @@ class Profile(Strict):
     name: str
     description: str = ""
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0  # the training loop derives per-epoch seeds from it
+    # bf16 autocast for training where the CPU or GPU has native bf16 units (AVX-512-BF16, AMX,
+    # Ampere+); false trains in fp32 everywhere, so CPUs with and without bf16 compute alike
+    mixed_precision: bool = True
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()

@@ -26,7 +26,7 @@ class DistillStage:
         objective = DistillationObjective(ctx.teacher, cfg, ctx.teacher_logits).with_input_shape(ctx.data.input_shape)
         plan = TrainPlan(
             epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=ctx.profile.data.batch_size,
-            seed=ctx.profile.seed, workers=ctx.profile.data.workers, fast_math=True,
+            seed=ctx.profile.seed, workers=ctx.profile.data.workers, fast_math=ctx.profile.mixed_precision,
             augment=augmentations(ctx.profile.data, ctx.data), min_steps=cfg.min_steps, compile=cfg.compile,
         )
         log = fit(model, objective, ctx.data.train, plan, label="distill",

@@ -127,7 +127,7 @@ def _plan(ctx: StageContext, seed: int, epochs: int | None = None) -> TrainPlan:
     return TrainPlan(
         epochs=epochs or cfg.epochs_per_step, lr=cfg.lr, weight_decay=ctx.profile.distill.weight_decay,
         batch_size=ctx.profile.data.batch_size, seed=seed, warmup=0.1,
-        workers=ctx.profile.data.workers, fast_math=True, min_steps=cfg.min_steps_per_step,
+        workers=ctx.profile.data.workers, fast_math=ctx.profile.mixed_precision, min_steps=cfg.min_steps_per_step,
     )
 
 

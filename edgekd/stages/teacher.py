@@ -77,7 +77,7 @@ def obtain_teacher(source: TeacherSource, profile: Profile, data: DataBundle, ca
     model = spec.build()
     plan = TrainPlan(
         epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=profile.data.batch_size,
-        seed=profile.seed, augment=augment, fast_math=True, workers=profile.data.workers, min_steps=cfg.min_steps,
+        seed=profile.seed, augment=augment, fast_math=profile.mixed_precision, workers=profile.data.workers, min_steps=cfg.min_steps,
         compile=cfg.compile,
     )
     progress = cache_dir / "teachers" / f".{cfg.arch}-{key}.progress.pt"
@@ -97,7 +97,7 @@ def cache_entry(profile: Profile, data: DataBundle, cache_dir: Path) -> Path:
     """Where the built-in teacher for this recipe and this data's content is cached."""
     recipe = profile.teacher.model_dump(mode="json", exclude={"compile"})  # how fast it trains, not what it learns
     key = fingerprint(recipe, data_fingerprint(data), data.input_shape, profile.seed,
-                      augmentations(profile.data, data))
+                      augmentations(profile.data, data), *([] if profile.mixed_precision else ["fp32"]))
     return cache_dir / "teachers" / f"{profile.teacher.arch}-{key}.pt"
 
 
