@@ -187,3 +187,35 @@ def test_a_grid_classifier_reads_its_map_channels_last_in_int8(tmp_path, monkeyp
                                atol=1e-5)
     plain_ops, channels_last_ops = _optimised_ops(placed_plain, tmp_path), _optimised_ops(int8, tmp_path)
     assert plain_ops.count("Transpose") == channels_last_ops.count("Transpose") + 1
+
+
+def test_hardswish_runs_as_integer_add_and_mul_with_no_weight_dequantized_per_call(tmp_path, monkeypatch):
+    """MobileNetV3's HardSwish, x * HardSigmoid(x) between quantizers, runs in ONNX Runtime as
+    QLinearAdd + QLinearMul instead of float DequantizeLinear/HardSigmoid/Mul/QuantizeLinear, and a
+    layer ORT leaves float keeps a float weight: its optimised graph dequantizes no weight per call."""
+    from edgekd.export import ort_qdq
+
+    int8, fp32, images = _int8_and_fp32("mobilenet_v3_small", tmp_path)
+    reference = tmp_path / "without.onnx"
+    shutil.copy(int8, reference)
+    with monkeypatch.context() as patch:
+        patch.setattr(ort_qdq, "_hardswish_in_uint8", lambda graph: [])
+        patch.setattr(ort_qdq, "_store_float_weights_onnxruntime_dequantizes", lambda model: [])
+        place_for_onnxruntime(reference, images)
+    placement = place_for_onnxruntime(int8, images)
+    rewritten = len(placement.hardswish_in_uint8)
+    assert rewritten >= 10  # every HardSwish of the feature extractor (the classifier's reads a float Gemm)
+    assert placement.weights_stored_float  # its float classifier Gemms
+    before, after = _optimised_ops(reference, tmp_path), _optimised_ops(int8, tmp_path)
+    assert after.count("HardSigmoid") == before.count("HardSigmoid") - rewritten  # squeeze-excite gates remain
+    assert after.count("QLinearAdd") == before.count("QLinearAdd") + rewritten
+    assert after.count("QLinearMul") == before.count("QLinearMul") + rewritten
+    assert conv_counts(int8) == {"quantized": 52, "float": 0}
+    optimised = onnx.load(str(tmp_path / "optimised.onnx")).graph
+    constants = {init.name for init in optimised.initializer}
+    assert not [n.name for n in optimised.node if n.op_type == "DequantizeLinear" and n.input[0] in constants]
+    # the gate is rounded to 1/255 steps: the file stays as close to the FP32 model as before
+    ours, theirs, exact = (OnnxRuntimeRunner(path).run(images) for path in (int8, reference, fp32))
+    closeness = [np.corrcoef(logits.ravel(), exact.ravel())[0, 1] for logits in (ours, theirs)]
+    assert closeness[0] > closeness[1] - 0.01, closeness
+    assert place_for_onnxruntime(int8, images).hardswish_in_uint8 == []  # placing again rewrites once

@@ -21,6 +21,15 @@ those convolutions in float, between a dequantize and a quantize: slower than th
      reads the map channels-last, with the Gemm's weight columns permuted to match: the same
      function, but ONNX Runtime then cancels the UINT8 Transpose back to NCHW that it puts after a
      channels-last QLinearConv.
+  5. a HardSwish between quantizers, x * HardSigmoid(x) (how PyTorch exports it), becomes
+     x * (relu6(x + 3) / 6) in two integer ops, QLinearAdd and QLinearMul: ONNX Runtime has no
+     quantized HardSwish, and ran it as DequantizeLinear, HardSigmoid, Mul and QuantizeLinear in float,
+     four passes over the map. The Add's quantizer (scale 6/255, zero point 0) saturates to [0, 6],
+     which is the relu6; the DequantizeLinear after it reads the same integers with scale 1/255,
+     which is the division by 6. The gate is then rounded to 1/255 steps.
+  6. a weight DequantizeLinear that ONNX Runtime's optimised graph still runs (a layer it leaves
+     float, such as a Gemm it does not fuse) is stored as the float weight it produces, so it is not
+     dequantized again on every call.
 Layers named in `keep_float` go the other way: their weight is dequantized into a float initializer,
 so ONNX Runtime runs them in FP32 (mixed precision, chosen by measurement in `edgekd.precision`).
 """
@@ -51,6 +60,8 @@ class Placement:
     weights_quantized: list[str] = field(default_factory=list)
     kept_float: list[str] = field(default_factory=list)
     flattened_channels_last: list[str] = field(default_factory=list)  # Flatten nodes that read NHWC
+    hardswish_in_uint8: list[str] = field(default_factory=list)  # HardSwish run as QLinearAdd + QLinearMul
+    weights_stored_float: list[str] = field(default_factory=list)  # weight DequantizeLinears folded away
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -95,7 +106,9 @@ def place_for_onnxruntime(path: Path, calibration: np.ndarray, keep_float: Itera
             new_nodes[index].extend(_qdq_pair(graph, node.output[0], ranges[node.output[0]], consumers))
             placement.outputs_quantized.append(node.name)
     _insert(graph, new_nodes)
+    placement.hardswish_in_uint8 = _hardswish_in_uint8(graph)
     _remove_dead_nodes(graph)
+    placement.weights_stored_float = _store_float_weights_onnxruntime_dequantizes(model)
     with atomic_output(path) as tmp:
         onnx.save(model, str(tmp))
     return placement
@@ -286,6 +299,16 @@ def _dequantize_weight(graph, node, producers: dict, initializers: dict) -> bool
     dq = producers.get(node.input[1])
     if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in initializers:
         return False
+    name = f"{dq.input[0]}_float"
+    graph.initializer.append(numpy_helper.from_array(_dequantized(dq, initializers), name))
+    node.input[1] = name
+    return True
+
+
+def _dequantized(dq, initializers: dict) -> np.ndarray:
+    """The float values a DequantizeLinear of an initializer produces."""
+    from onnx import numpy_helper
+
     q = numpy_helper.to_array(initializers[dq.input[0]]).astype(np.float32)
     scale = numpy_helper.to_array(initializers[dq.input[1]]).astype(np.float32)
     zp = (numpy_helper.to_array(initializers[dq.input[2]]).astype(np.float32)
@@ -295,10 +318,100 @@ def _dequantize_weight(graph, node, producers: dict, initializers: dict) -> bool
         shape = [1] * q.ndim
         shape[axis] = -1
         scale, zp = scale.reshape(shape), zp.reshape(shape)
-    name = f"{dq.input[0]}_float"
-    graph.initializer.append(numpy_helper.from_array(((q - zp) * scale).astype(np.float32), name))
-    node.input[1] = name
-    return True
+    return ((q - zp) * scale).astype(np.float32)
+
+
+def _hardswish_in_uint8(graph) -> list[str]:
+    """Rewrite 5 (module docstring): DequantizeLinear(x) -> HardSigmoid(1/6, 0.5) -> Mul with the same
+    x -> QuantizeLinear only; returns the HardSigmoid nodes rewritten."""
+    from onnx import helper, numpy_helper
+
+    initializers = {init.name: init for init in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    outputs = {o.name for o in graph.output}
+
+    def attribute(node, name, default):
+        return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+    def uint8_activation(dq) -> bool:
+        return (dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] not in initializers
+                and len(dq.input) > 2 and dq.input[2] in initializers and initializers[dq.input[2]].data_type == 2)
+
+    new_nodes: dict[int, list] = defaultdict(list)
+    rewritten = []
+    for index, gate in enumerate(graph.node):
+        if gate.op_type != "HardSigmoid" or abs(attribute(gate, "alpha", 0.2) - 1 / 6) > 1e-6 or \
+                abs(attribute(gate, "beta", 0.5) - 0.5) > 1e-6:
+            continue
+        dq, users = producers.get(gate.input[0]), _consumers(graph, gate.output[0])
+        if not uint8_activation(dq) or len(users) != 1 or users[0].op_type != "Mul":
+            continue
+        mul = users[0]
+        other = producers.get(mul.input[1] if mul.input[0] == gate.output[0] else mul.input[0])
+        if other is None or other.op_type != "DequantizeLinear" or list(other.input) != list(dq.input):
+            continue
+        after = _consumers(graph, mul.output[0])
+        if not after or mul.output[0] in outputs or any(n.op_type != "QuantizeLinear" for n in after):
+            continue
+        if not rewritten:
+            graph.initializer.extend([
+                numpy_helper.from_array(np.array(3, dtype=np.uint8), "edgekd_hardswish.three"),
+                numpy_helper.from_array(np.array(1.0, dtype=np.float32), "edgekd_hardswish.one"),
+                numpy_helper.from_array(np.array(0, dtype=np.uint8), "edgekd_hardswish.zero_point"),
+                numpy_helper.from_array(np.array(6 / 255, dtype=np.float32), "edgekd_hardswish.relu6_scale"),
+                numpy_helper.from_array(np.array(1 / 255, dtype=np.float32), "edgekd_hardswish.gate_scale")])
+        base = (gate.name or gate.output[0]).replace("/", "_").strip("_")
+        zero = "edgekd_hardswish.zero_point"
+        new_nodes[index].extend([
+            helper.make_node("DequantizeLinear", ["edgekd_hardswish.three", "edgekd_hardswish.one", zero],
+                             [f"{base}.three"], name=f"{base}/three"),
+            helper.make_node("Add", [dq.output[0], f"{base}.three"], [f"{base}.plus_three"], name=f"{base}/add_three"),
+            helper.make_node("QuantizeLinear", [f"{base}.plus_three", "edgekd_hardswish.relu6_scale", zero],
+                             [f"{base}.relu6"], name=f"{base}/relu6"),
+            helper.make_node("DequantizeLinear", [f"{base}.relu6", "edgekd_hardswish.gate_scale", zero],
+                             [f"{base}.gate"], name=f"{base}/divide_by_six")])
+        for i, name in enumerate(mul.input):
+            if name == gate.output[0]:
+                mul.input[i] = f"{base}.gate"
+        rewritten.append(gate.name or gate.output[0])
+    _insert(graph, new_nodes)
+    return rewritten
+
+
+def _store_float_weights_onnxruntime_dequantizes(model) -> list[str]:
+    """Rewrite 6 (module docstring): returns the DequantizeLinear nodes folded into float weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgekd.runtimes.onnxruntime import open_session
+
+    graph = model.graph
+    with tempfile.TemporaryDirectory() as folder:
+        source, optimized = Path(folder) / "placed.onnx", Path(folder) / "optimized.onnx"
+        onnx.save(model, str(source))
+        open_session(source, 1, optimized_path=optimized)
+        runs = onnx.load(str(optimized)).graph
+    constants = {init.name for init in runs.initializer}
+    still_run = {n.name for n in runs.node if n.op_type == "DequantizeLinear" and n.input[0] in constants}
+    initializers = {init.name: init for init in graph.initializer}
+    folded = []
+    for dq in list(graph.node):
+        if dq.op_type != "DequantizeLinear" or dq.name not in still_run or dq.input[0] not in initializers:
+            continue
+        if any(c.op_type == "QuantizeLinear" for c in _consumers(graph, dq.output[0])):
+            continue
+        graph.initializer.append(numpy_helper.from_array(_dequantized(dq, initializers), dq.output[0]))
+        graph.node.remove(dq)
+        folded.append(dq.name)
+    _remove_unused_initializers(graph)
+    return folded
+
+
+def _remove_unused_initializers(graph) -> None:
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output} | \
+        {i.name for i in graph.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
 
 
 def _bypass_input_quantizer(graph, node, producers: dict) -> None:
