@@ -189,10 +189,10 @@ def test_a_grid_classifier_reads_its_map_channels_last_in_int8(tmp_path, monkeyp
     assert plain_ops.count("Transpose") == channels_last_ops.count("Transpose") + 1
 
 
-def test_hardswish_runs_as_integer_add_and_mul_with_no_weight_dequantized_per_call(tmp_path, monkeypatch):
+def test_hardswish_and_the_classifier_run_in_integer_ops(tmp_path, monkeypatch):
     """MobileNetV3's HardSwish, x * HardSigmoid(x) between quantizers, runs in ONNX Runtime as
-    QLinearAdd + QLinearMul instead of float DequantizeLinear/HardSigmoid/Mul/QuantizeLinear, and a
-    layer ORT leaves float keeps a float weight: its optimised graph dequantizes no weight per call."""
+    QLinearAdd + QLinearMul instead of float DequantizeLinear/HardSigmoid/Mul/QuantizeLinear, and its
+    classifier's Gemms as QGemm: ORT's optimised graph dequantizes no weight on each call."""
     from edgekd.export import ort_qdq
 
     int8, fp32, images = _int8_and_fp32("mobilenet_v3_small", tmp_path)
@@ -200,16 +200,18 @@ def test_hardswish_runs_as_integer_add_and_mul_with_no_weight_dequantized_per_ca
     shutil.copy(int8, reference)
     with monkeypatch.context() as patch:
         patch.setattr(ort_qdq, "_hardswish_in_uint8", lambda graph: [])
+        patch.setattr(ort_qdq, "_quantized_gemms", lambda graph, keep: [])
         patch.setattr(ort_qdq, "_store_float_weights_onnxruntime_dequantizes", lambda model: [])
         place_for_onnxruntime(reference, images)
     placement = place_for_onnxruntime(int8, images)
     rewritten = len(placement.hardswish_in_uint8)
-    assert rewritten >= 10  # every HardSwish of the feature extractor (the classifier's reads a float Gemm)
-    assert placement.weights_stored_float  # its float classifier Gemms
+    assert rewritten >= 10  # every HardSwish of the feature extractor (the classifier's reads a Gemm)
     before, after = _optimised_ops(reference, tmp_path), _optimised_ops(int8, tmp_path)
     assert after.count("HardSigmoid") == before.count("HardSigmoid") - rewritten  # squeeze-excite gates remain
     assert after.count("QLinearAdd") == before.count("QLinearAdd") + rewritten
     assert after.count("QLinearMul") == before.count("QLinearMul") + rewritten
+    assert (before.count("Gemm"), after.count("Gemm"), after.count("QGemm")) == (2, 0, 2)
+    assert len(placement.gemms_quantized) == 2 and placement.weights_stored_float == []
     assert conv_counts(int8) == {"quantized": 52, "float": 0}
     optimised = onnx.load(str(tmp_path / "optimised.onnx")).graph
     constants = {init.name for init in optimised.initializer}
@@ -218,4 +220,22 @@ def test_hardswish_runs_as_integer_add_and_mul_with_no_weight_dequantized_per_ca
     ours, theirs, exact = (OnnxRuntimeRunner(path).run(images) for path in (int8, reference, fp32))
     closeness = [np.corrcoef(logits.ravel(), exact.ravel())[0, 1] for logits in (ours, theirs)]
     assert closeness[0] > closeness[1] - 0.01, closeness
-    assert place_for_onnxruntime(int8, images).hardswish_in_uint8 == []  # placing again rewrites once
+    again = place_for_onnxruntime(int8, images)  # placing again rewrites once
+    assert again.hardswish_in_uint8 == [] and again.gemms_quantized == []
+
+
+def test_a_layer_onnxruntime_leaves_float_stores_a_float_weight(tmp_path, monkeypatch):
+    """Without the QGemm rewrite the classifier's Gemms stay float in ORT: their weights are then
+    stored as float, not dequantized from INT8 on every call."""
+    from edgekd.export import ort_qdq
+
+    int8, _, images = _int8_and_fp32("mobilenet_v3_small", tmp_path)
+    before = OnnxRuntimeRunner(int8).run(images)
+    monkeypatch.setattr(ort_qdq, "_quantized_gemms", lambda graph, keep: [])
+    placement = place_for_onnxruntime(int8, images)
+    assert len(placement.weights_stored_float) == 2  # the two classifier Gemms' weights
+    _optimised_ops(int8, tmp_path)
+    optimised = onnx.load(str(tmp_path / "optimised.onnx")).graph
+    constants = {init.name for init in optimised.initializer}
+    assert not [n.name for n in optimised.node if n.op_type == "DequantizeLinear" and n.input[0] in constants]
+    assert np.corrcoef(OnnxRuntimeRunner(int8).run(images).ravel(), before.ravel())[0, 1] > 0.9

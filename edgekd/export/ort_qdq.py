@@ -27,9 +27,11 @@ those convolutions in float, between a dequantize and a quantize: slower than th
      four passes over the map. The Add's quantizer (scale 6/255, zero point 0) saturates to [0, 6],
      which is the relu6; the DequantizeLinear after it reads the same integers with scale 1/255,
      which is the division by 6. The gate is then rounded to 1/255 steps.
-  6. a weight DequantizeLinear that ONNX Runtime's optimised graph still runs (a layer it leaves
-     float, such as a Gemm it does not fuse) is stored as the float weight it produces, so it is not
-     dequantized again on every call.
+  6. a Gemm with quantized weights gets an INT32 bias (scale: input scale x weight scale), and its
+     input's DequantizeLinear moves past the Flatten/Transpose between them: ONNX Runtime fuses it
+     into QGemm only so (NNCF leaves the bias float and the Flatten on the float side).
+  7. a weight DequantizeLinear that ONNX Runtime's optimised graph still runs (a layer it leaves
+     float) is stored as the float weight it produces, so it is not dequantized again on every call.
 Layers named in `keep_float` go the other way: their weight is dequantized into a float initializer,
 so ONNX Runtime runs them in FP32 (mixed precision, chosen by measurement in `edgekd.precision`).
 """
@@ -61,6 +63,7 @@ class Placement:
     kept_float: list[str] = field(default_factory=list)
     flattened_channels_last: list[str] = field(default_factory=list)  # Flatten nodes that read NHWC
     hardswish_in_uint8: list[str] = field(default_factory=list)  # HardSwish run as QLinearAdd + QLinearMul
+    gemms_quantized: list[str] = field(default_factory=list)  # Gemms given what QGemm needs
     weights_stored_float: list[str] = field(default_factory=list)  # weight DequantizeLinears folded away
 
     def as_dict(self) -> dict:
@@ -107,6 +110,7 @@ def place_for_onnxruntime(path: Path, calibration: np.ndarray, keep_float: Itera
             placement.outputs_quantized.append(node.name)
     _insert(graph, new_nodes)
     placement.hardswish_in_uint8 = _hardswish_in_uint8(graph)
+    placement.gemms_quantized = _quantized_gemms(graph, keep)
     _remove_dead_nodes(graph)
     placement.weights_stored_float = _store_float_weights_onnxruntime_dequantizes(model)
     with atomic_output(path) as tmp:
@@ -378,8 +382,55 @@ def _hardswish_in_uint8(graph) -> list[str]:
     return rewritten
 
 
+def _quantized_gemms(graph, keep: set[str]) -> list[str]:
+    """Rewrite 6 (module docstring); returns the Gemm nodes rewritten. Gemms in `keep` stay float."""
+    from onnx import helper, numpy_helper
+
+    initializers = {init.name: init for init in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    new_nodes: dict[int, list] = defaultdict(list)
+    rewritten = []
+    for gemm in list(graph.node):
+        if gemm.op_type != "Gemm" or gemm.name in keep or len(gemm.input) < 3 or gemm.input[2] not in initializers:
+            continue
+        weight_dq = producers.get(gemm.input[1])
+        if weight_dq is None or weight_dq.op_type != "DequantizeLinear" or weight_dq.input[0] not in initializers:
+            continue
+        chain, tensor = [], gemm.input[0]  # the shape ops between the input's DequantizeLinear and the Gemm
+        while (step := producers.get(tensor)) is not None and step.op_type in ("Flatten", "Reshape", "Transpose") \
+                and len(_consumers(graph, step.output[0])) == 1:
+            chain.insert(0, step)
+            tensor = step.input[0]
+        input_dq = producers.get(tensor)
+        if input_dq is None or input_dq.op_type != "DequantizeLinear" or input_dq.input[0] in initializers or \
+                input_dq.input[1] not in initializers or numpy_helper.to_array(initializers[input_dq.input[1]]).size != 1:
+            continue
+        base = (gemm.name or gemm.output[0]).replace("/", "_").strip("_")
+        if chain:  # the shape ops work on the integers; one DequantizeLinear after them
+            chain[0].input[0] = input_dq.input[0]
+            moved = f"{base}.input_dequantized"
+            new_nodes[_index(graph, chain[-1])].append(helper.make_node(
+                "DequantizeLinear", [chain[-1].output[0], *input_dq.input[1:]], [moved], name=f"{base}/input_dq"))
+            gemm.input[0] = moved
+        input_scale = float(numpy_helper.to_array(initializers[input_dq.input[1]]))
+        weight_scale = numpy_helper.to_array(initializers[weight_dq.input[1]]).astype(np.float64)
+        bias = numpy_helper.to_array(initializers[gemm.input[2]]).astype(np.float64)
+        scale = np.broadcast_to(input_scale * weight_scale, bias.shape).astype(np.float32)
+        graph.initializer.extend([
+            numpy_helper.from_array(np.round(bias / scale).astype(np.int32), f"{base}.bias_int32"),
+            numpy_helper.from_array(scale, f"{base}.bias_int32.scale"),
+            numpy_helper.from_array(np.zeros(bias.shape, dtype=np.int32), f"{base}.bias_int32.zero_point")])
+        new_nodes[-1].append(helper.make_node(
+            "DequantizeLinear", [f"{base}.bias_int32", f"{base}.bias_int32.scale", f"{base}.bias_int32.zero_point"],
+            [f"{base}.bias_dequantized"], name=f"{base}/bias_dq", axis=0))
+        gemm.input[2] = f"{base}.bias_dequantized"
+        rewritten.append(gemm.name or gemm.output[0])
+    _insert(graph, new_nodes)
+    return rewritten
+
+
 def _store_float_weights_onnxruntime_dequantizes(model) -> list[str]:
-    """Rewrite 6 (module docstring): returns the DequantizeLinear nodes folded into float weights."""
+    """Rewrite 7 (module docstring): returns the DequantizeLinear nodes folded into float weights."""
     import onnx
     from onnx import numpy_helper
 
