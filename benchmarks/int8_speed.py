@@ -319,6 +319,8 @@ def main() -> None:
         else:
             result["models"] = {name: bench_model(name, data, mode, with_openvino, Path(folder), tuple(args.batches))
                                 for name in args.models}
+    if args.out == OUT and (args.run or args.channels):  # each study keeps its own file
+        args.out = OUT.with_name(f"int8_speed_{'run' if args.run else 'channels'}.json")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
