@@ -26,6 +26,7 @@ from edgekd.measure.latency import Latency, percentiles, time_calls
 TIMING = {"warmup": 5, "min_runs": 30, "max_runs": 200, "max_seconds": 2.0}
 ROUNDS = 3
 LAYER_MARGIN = 1.10  # a layer stays float only when INT8 measures >10% slower: profiler noise is ~5%
+LAYER_MIN_MS = 0.002  # ... and by more than 2 us: below that a tiny layer's "10%" is the profiler's noise
 LAYER_OPS_OPTIMIZED = ("Conv", "FusedConv", "NhwcFusedConv", "QLinearConv", "ConvInteger",
                        "Gemm", "QGemm", "FusedGemm", "MatMul", "QLinearMatMul", "MatMulIntegerToFloat")
 LAYER_OPS_SOURCE = ("Conv", "Gemm", "MatMul")
@@ -174,8 +175,8 @@ def median_node_times(path: Path, threads: int, batch: int, runs: int = 30) -> d
     return {name: float(np.median(values)) for name, (_, values) in node_samples(path, threads, batch, runs).items()}
 
 
-def slower_in_int8(timings: list[LayerTiming], margin: float = LAYER_MARGIN) -> list[str]:
-    return [t.name for t in timings if t.int8_ms > margin * t.fp32_ms]
+def slower_in_int8(timings: list[LayerTiming], margin: float = LAYER_MARGIN, min_ms: float = LAYER_MIN_MS) -> list[str]:
+    return [t.name for t in timings if t.int8_ms > margin * t.fp32_ms and t.int8_ms - t.fp32_ms > min_ms]
 
 
 # ---------------------------------------------------------------- the quantize stage's hook

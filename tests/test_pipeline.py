@@ -70,8 +70,14 @@ def test_second_run_uses_the_cached_teacher_and_is_reproducible(smoke_run, tmp_p
     assert done.returncode in (0, 3), done.stderr[-2000:]
     again = json.loads((tmp_path / "again" / "report.json").read_text())
     assert again["stages"][0]["details"]["origin"].startswith("cache:")
-    for a, b in zip(first["stages"], again["stages"]):
+    for a, b in zip(first["stages"][:-1], again["stages"][:-1]):  # training is deterministic
         assert a["accuracy"] == b["accuracy"], a["name"]
+    # the INT8 file's float layers are chosen by timing on this host, so they may differ between two
+    # runs near a tie; the fake-quantized model they come from may not
+    quantized = [run["stages"][-1]["details"] for run in (first, again)]
+    assert quantized[0]["fake_quant_val_accuracy"] == quantized[1]["fake_quant_val_accuracy"]
+    if quantized[0]["runtime_fit"]["layers_kept_float"] == quantized[1]["runtime_fit"]["layers_kept_float"]:
+        assert first["stages"][-1]["accuracy"] == again["stages"][-1]["accuracy"]
 
 
 def test_tensorrt_target_here_gets_the_onnx_student_and_a_build_script(tmp_path, cache_dir, smoke_run):
