@@ -175,7 +175,8 @@ def median_node_times(path: Path, threads: int, batch: int, runs: int = 30) -> d
     return {name: float(np.median(values)) for name, (_, values) in node_samples(path, threads, batch, runs).items()}
 
 
-def slower_in_int8(timings: list[LayerTiming], margin: float = LAYER_MARGIN, min_ms: float = LAYER_MIN_MS) -> list[str]:
+def slower_in_int8(timings: list[LayerTiming], margin: float = LAYER_MARGIN,
+                   min_ms: float = LAYER_MIN_MS) -> list[str]:
     return [t.name for t in timings if t.int8_ms > margin * t.fp32_ms and t.int8_ms - t.fp32_ms > min_ms]
 
 

@@ -113,6 +113,7 @@ def place_for_onnxruntime(path: Path, calibration: np.ndarray, keep_float: Itera
     placement.gemms_quantized = _quantized_gemms(graph, keep)
     _remove_dead_nodes(graph)
     placement.weights_stored_float = _store_float_weights_onnxruntime_dequantizes(model)
+    _remove_unused_initializers(graph)
     with atomic_output(path) as tmp:
         onnx.save(model, str(tmp))
     return placement
@@ -396,6 +397,9 @@ def _quantized_gemms(graph, keep: set[str]) -> list[str]:
         weight_dq = producers.get(gemm.input[1])
         if weight_dq is None or weight_dq.op_type != "DequantizeLinear" or weight_dq.input[0] not in initializers:
             continue
+        trans_b = next((a.i for a in gemm.attribute if a.name == "transB"), 0)
+        if _gemm_weight(gemm, trans_b, producers, initializers) is None:  # scales along the wrong axis
+            continue
         chain, tensor = [], gemm.input[0]  # the shape ops between the input's DequantizeLinear and the Gemm
         while (step := producers.get(tensor)) is not None and step.op_type in ("Flatten", "Reshape", "Transpose") \
                 and len(_consumers(graph, step.output[0])) == 1:
@@ -454,7 +458,6 @@ def _store_float_weights_onnxruntime_dequantizes(model) -> list[str]:
         graph.initializer.append(numpy_helper.from_array(_dequantized(dq, initializers), dq.output[0]))
         graph.node.remove(dq)
         folded.append(dq.name)
-    _remove_unused_initializers(graph)
     return folded
 
 

@@ -77,8 +77,8 @@ def obtain_teacher(source: TeacherSource, profile: Profile, data: DataBundle, ca
     model = spec.build()
     plan = TrainPlan(
         epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=profile.data.batch_size,
-        seed=profile.seed, augment=augment, fast_math=profile.mixed_precision, workers=profile.data.workers, min_steps=cfg.min_steps,
-        compile=cfg.compile,
+        seed=profile.seed, augment=augment, fast_math=profile.mixed_precision, workers=profile.data.workers,
+        min_steps=cfg.min_steps, compile=cfg.compile,
     )
     progress = cache_dir / "teachers" / f".{cfg.arch}-{key}.progress.pt"
     log = fit(model, CrossEntropyObjective(), data.train, plan, label="teacher", checkpoint=progress, fingerprint=key)
