@@ -25,6 +25,7 @@ torchvision models, top-1 agreement with the FP32 file on the same inputs.
     python benchmarks/int8_speed.py --quick --models edgekd_cnn
     python benchmarks/int8_speed.py --channels            # only: channel counts vs INT8 speed, edgekd_cnn
     python benchmarks/int8_speed.py --run RUN_DIR         # only: a compress run's own student.fp32/int8.onnx
+    python benchmarks/int8_speed.py --transposes          # only: ORT's UINT8 NCHW->NHWC Transpose by channels
 """
 
 from __future__ import annotations
@@ -251,6 +252,48 @@ def bench_channels(mode: str, folder: Path, data) -> dict:
     return out
 
 
+TRANSPOSE_CHANNELS = {28: (8, 12, 16, 24, 32), 14: (16, 20, 24, 32, 40, 48, 64)}  # map side: channel counts
+
+
+def bench_transposes(mode: str, batch: int = 64) -> dict:
+    """The Transpose ONNX Runtime puts between a float convolution and its channels-last QLinearConv
+    (UINT8, NCHW -> NHWC), alone, at each channel count: why edgekd pads such maps to a multiple of
+    16 (edgekd.export.ort_qdq, rewrite 8). Rotated rounds, but each session is opened, timed and
+    closed on its own: with several 2-thread sessions alive this Transpose's time swung 4x
+    depending on which session ran before it (idle pools' threads competing for the 2 cores)."""
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    from edgekd.measure.latency import percentiles, time_calls
+
+    def session(channels: int, side: int):
+        shape = [batch, channels, side, side]
+        graph = helper.make_graph(
+            [helper.make_node("Transpose", ["x"], ["y"], perm=[0, 2, 3, 1])], "transpose",
+            [helper.make_tensor_value_info("x", TensorProto.UINT8, shape)],
+            [helper.make_tensor_value_info("y", TensorProto.UINT8, [batch, side, side, channels])])
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = THREADS
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        return (onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]),
+                np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8))
+
+    timing, rounds = TIMING[mode]
+    out = {}
+    for side, counts in TRANSPOSE_CHANNELS.items():
+        samples = {c: [] for c in counts}
+        for r in range(rounds):
+            for channels in counts[r % len(counts):] + counts[:r % len(counts)]:
+                transpose, images = session(channels, side)
+                samples[channels] += time_calls(lambda: transpose.run(None, {"x": images}),
+                                                label=f"{channels} channels, {side}x{side}", **timing)
+                transpose = None  # closed before the next one opens
+        out[f"{side}x{side}"] = {c: 1000 * percentiles(v)[0] for c, v in samples.items()}
+        print(f"batch {batch}, {side}x{side}: " + ", ".join(f"{c} channels {us:.0f} us"
+                                                        for c, us in out[f"{side}x{side}"].items()), flush=True)
+    return {"batch": batch, "threads": THREADS, "us": out}
+
+
 def bench_run(run: Path, mode: str, with_openvino: bool, batches) -> dict:
     """A finished run's own files, as they ship: `student.fp32.onnx` (its last FP32 stage) against
     `student.int8.onnx` (QAT, placed and mixed for the run's target), timed side by side."""
@@ -286,6 +329,7 @@ def main() -> None:
     parser.add_argument("--no-openvino", action="store_true")
     parser.add_argument("--channels", action="store_true", help="only the channel-count study")
     parser.add_argument("--run", type=Path, help="only: time this compress run's student.fp32.onnx and student.int8.onnx")
+    parser.add_argument("--transposes", action="store_true", help="only: ORT's UINT8 Transpose by channel count")
     parser.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
@@ -314,13 +358,16 @@ def main() -> None:
             if not (args.run / "report.json").is_file():
                 parser.error(f"{args.run}: no report.json (not a finished edgekd run folder)")
             result["run"] = bench_run(args.run, mode, with_openvino, tuple(args.batches))
+        elif args.transposes:
+            result["transposes"] = bench_transposes(mode)
         elif args.channels:
             result["channels"] = bench_channels(mode, Path(folder), data)
         else:
             result["models"] = {name: bench_model(name, data, mode, with_openvino, Path(folder), tuple(args.batches))
                                 for name in args.models}
-    if args.out == OUT and (args.run or args.channels):  # each study keeps its own file
-        args.out = OUT.with_name(f"int8_speed_{'run' if args.run else 'channels'}.json")
+    study = "run" if args.run else "transposes" if args.transposes else "channels" if args.channels else None
+    if args.out == OUT and study:  # each study keeps its own file
+        args.out = OUT.with_name(f"int8_speed_{study}.json")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

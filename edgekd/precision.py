@@ -206,7 +206,8 @@ def fit_int8_to_target(int8_path: Path, fp32_path: Path | None, ctx, check=lambd
         keep = slower_in_int8(timings)
         details["layer_timings"] = [t.as_dict() for t in timings]
         if keep:
-            keep, details["mixed_precision"] = _mix_if_faster(int8_path, calibration, keep, target)
+            keep, details["mixed_precision"], padded = _mix_if_faster(int8_path, calibration, keep, target)
+            details["channels_padded"] = padded
         details["layers_kept_float"] = keep
     else:
         details["mixed_precision"] = f"not chosen: layers cannot be timed here ({why or 'no FP32 file'})"
@@ -214,25 +215,27 @@ def fit_int8_to_target(int8_path: Path, fp32_path: Path | None, ctx, check=lambd
     return details
 
 
-def _mix_if_faster(int8_path: Path, calibration: np.ndarray, keep: list[str], target: Target) -> tuple[list[str], str]:
+def _mix_if_faster(int8_path: Path, calibration: np.ndarray, keep: list[str],
+                   target: Target) -> tuple[list[str], str, list[str]]:
     """Keep `keep` float only if the whole mixed file is faster than the all-INT8 one, timed side by
     side: each float layer adds a dequantize and a quantize around it, which the per-layer profile
-    does not see (resnet18 at 224 px: two float layers made the file 1.9x slower)."""
+    does not see (resnet18 at 224 px: two float layers made the file 1.9x slower). Returns the
+    layers kept float, how that was decided, and the mixed file's channel paddings (ort_qdq rewrite 8)."""
     from edgekd.export.ort_qdq import place_for_onnxruntime
 
     with tempfile.TemporaryDirectory() as folder:
         all_int8 = Path(folder) / "all_int8.onnx"
         all_int8.write_bytes(Path(int8_path).read_bytes())
-        place_for_onnxruntime(int8_path, calibration, keep_float=keep)
+        padded = place_for_onnxruntime(int8_path, calibration, keep_float=keep).channels_padded
         runners = {"mixed": _runner(Path(int8_path), target), "int8": _runner(all_int8, target)}
         latency = measure_runners_side_by_side(runners, target.input.batch, TIMING, ROUNDS)
         mixed_ms, int8_ms = latency["mixed"].p50, latency["int8"].p50
         figures = (f"{len(keep)} layer(s) float: {mixed_ms:.3f} ms vs all-INT8 {int8_ms:.3f} ms "
                    f"at batch {target.input.batch}, measured side by side")
         if mixed_ms < int8_ms:
-            return keep, f"chosen: {figures}"
+            return keep, f"chosen: {figures}", padded
         Path(int8_path).write_bytes(all_int8.read_bytes())
-    return [], f"not chosen (the whole file was not faster): {figures}"
+    return [], f"not chosen (the whole file was not faster): {figures}", []
 
 
 def _calibration_images(ctx, samples: int = 256) -> np.ndarray:

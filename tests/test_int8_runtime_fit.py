@@ -103,7 +103,7 @@ def test_layers_stay_float_only_when_the_whole_file_gets_faster(student):
     place_for_onnxruntime(int8, images)
     all_int8 = int8.read_bytes()
     first = next(n.name for n in onnx.load(str(int8)).graph.node if n.op_type == "Conv")
-    keep, how = _mix_if_faster(int8, images, [first], load_target("host-cpu"))
+    keep, how, _ = _mix_if_faster(int8, images, [first], load_target("host-cpu"))
     mixed_ms, int8_ms = map(float, re.search(r"float: ([\d.]+) ms vs all-INT8 ([\d.]+) ms", how).groups())
     if keep:
         assert keep == [first] and how.startswith("chosen") and mixed_ms < int8_ms
@@ -239,3 +239,39 @@ def test_a_layer_onnxruntime_leaves_float_stores_a_float_weight(tmp_path, monkey
     constants = {init.name for init in optimised.initializer}
     assert not [n.name for n in optimised.node if n.op_type == "DequantizeLinear" and n.input[0] in constants]
     assert np.corrcoef(OnnxRuntimeRunner(int8).run(images).ravel(), before.ravel())[0, 1] > 0.9
+
+
+def test_a_float_layer_feeding_int8_ones_is_padded_to_sixteen_channels(tmp_path, monkeypatch):
+    """A pruned student's first convolution (12 channels) kept float: ONNX Runtime transposes its
+    UINT8 output to channels-last for the next QLinearConv, a Transpose that is fast at multiples of
+    16 channels. The placement gives it 4 zero filters (and the reader zero weights for them): the
+    same logits exactly, 16 channels at the change of layout, and nothing padded where none is."""
+    from edgekd.export import ort_qdq
+
+    shape = (1, 28, 28)
+    torch.manual_seed(0)
+    model = create_model("edgekd_cnn_fc", 10, shape, width=0.75)  # 12 / 24 channels
+    images = torch.randn(16, *shape)
+    settle_batchnorm(model, images)
+    quantized = quantize_with_nncf(model, TensorDataset(images, torch.zeros(16, dtype=torch.long)), 16,
+                                   ActivationScheme.SYMMETRIC, batch_size=8)
+    int8 = store_int8_weights(export_onnx(strip_to_qdq(quantized, images), images, tmp_path / "s.int8.onnx"))
+    images = images.numpy()
+    assert place_for_onnxruntime(int8, images).channels_padded == []  # all INT8: one layout throughout
+    convs = [n for n in onnx.load(str(int8)).graph.node if n.op_type == "Conv"]
+    first, second = convs[0].name, convs[1].name
+    reference = Path(shutil.copy(int8, tmp_path / "unpadded.onnx"))
+    with monkeypatch.context() as patch:
+        patch.setattr(ort_qdq, "_pad_channels_at_layout_changes", lambda graph: [])
+        place_for_onnxruntime(reference, images, keep_float=[first])
+    placement = place_for_onnxruntime(int8, images, keep_float=[first])
+    assert placement.kept_float == [first] and placement.channels_padded == [f"{first}: 12 -> 16"]
+    np.testing.assert_array_equal(OnnxRuntimeRunner(int8).run(images), OnnxRuntimeRunner(reference).run(images))
+    graph = onnx.load(str(int8)).graph
+    shapes = {i.name: tuple(i.dims) for i in graph.initializer}
+    producers = {out: n for n in graph.node for out in n.output}
+    nodes = {n.name: n for n in graph.node}
+    assert shapes[nodes[first].input[1]][0] == 16  # the float layer's weight: 16 filters
+    assert shapes[producers[nodes[second].input[1]].input[0]][:2] == (24, 16)  # its INT8 reader: 16 inputs
+    assert conv_counts(int8) == {"quantized": 2, "float": 1}
+    assert place_for_onnxruntime(int8, images, keep_float=[first]).channels_padded == []  # padded once

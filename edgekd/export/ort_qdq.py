@@ -32,6 +32,12 @@ those convolutions in float, between a dequantize and a quantize: slower than th
      into QGemm only so (NNCF leaves the bias float and the Flatten on the float side).
   7. a weight DequantizeLinear that ONNX Runtime's optimised graph still runs (a layer it leaves
      float) is stored as the float weight it produces, so it is not dequantized again on every call.
+  8. where a float convolution feeds quantized ones, or a quantized one feeds a float one (a layer
+     kept float), ONNX Runtime transposes the UINT8 map between NCHW and its channels-last
+     QLinearConv. That Transpose is fast only at a multiple of 16 channels (batch 64, 28x28: 12
+     channels 577 us, 16 channels 118 us; `benchmarks/int8_speed.py --transposes`), so the producing
+     convolution gets zero filters up to the next multiple of 16 and its readers zero weights for
+     them: the same function (the extra channels are exactly 0, as are their weights), a fast layout.
 Layers named in `keep_float` go the other way: their weight is dequantized into a float initializer,
 so ONNX Runtime runs them in FP32 (mixed precision, chosen by measurement in `edgekd.precision`).
 """
@@ -65,6 +71,7 @@ class Placement:
     hardswish_in_uint8: list[str] = field(default_factory=list)  # HardSwish run as QLinearAdd + QLinearMul
     gemms_quantized: list[str] = field(default_factory=list)  # Gemms given what QGemm needs
     weights_stored_float: list[str] = field(default_factory=list)  # weight DequantizeLinears folded away
+    channels_padded: list[str] = field(default_factory=list)  # "conv: 12 -> 16" at a layout change
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -111,6 +118,7 @@ def place_for_onnxruntime(path: Path, calibration: np.ndarray, keep_float: Itera
     _insert(graph, new_nodes)
     placement.hardswish_in_uint8 = _hardswish_in_uint8(graph)
     placement.gemms_quantized = _quantized_gemms(graph, keep)
+    placement.channels_padded = _pad_channels_at_layout_changes(graph)
     _remove_dead_nodes(graph)
     placement.weights_stored_float = _store_float_weights_onnxruntime_dequantizes(model)
     _remove_unused_initializers(graph)
@@ -431,6 +439,112 @@ def _quantized_gemms(graph, keep: set[str]) -> list[str]:
         rewritten.append(gemm.name or gemm.output[0])
     _insert(graph, new_nodes)
     return rewritten
+
+
+TRANSPOSE_CHANNELS = 16  # rewrite 8: ONNX Runtime's UINT8 NCHW<->NHWC Transpose is fast at multiples of this
+
+
+def _pad_channels_at_layout_changes(graph) -> list[str]:
+    """Rewrite 8 (module docstring): Conv -> [Relu/Clip] -> QuantizeLinear -> DequantizeLinear -> Convs
+    (group 1), one side float and the other quantized, padded to a multiple of TRANSPOSE_CHANNELS;
+    returns "conv: before -> after" for each convolution padded."""
+    from onnx import helper, numpy_helper
+
+    initializers = {init.name: init for init in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    outputs = {o.name for o in graph.output}
+    padded = []
+    for conv in [n for n in graph.node if n.op_type == "Conv"]:
+        chain = _quantizer_chain_after(graph, conv, outputs)
+        if chain is None:
+            continue
+        readers = _consumers(graph, chain[-1])
+        if not readers or any(r.op_type != "Conv" or list(r.input).index(chain[-1]) != 0 or
+                              next((helper.get_attribute_value(a) for a in r.attribute if a.name == "group"), 1) != 1
+                              for r in readers):
+            continue
+        weights = [_conv_weight(graph, c, producers, initializers) for c in (conv, *readers)]
+        if any(w is None for w in weights) or all(w[1] == weights[0][1] for w in weights[1:]):
+            continue  # a weight not in a form we can pad, or no float/quantized change between them
+        channels = numpy_helper.to_array(initializers[weights[0][0]]).shape[0]
+        wanted = -(-channels // TRANSPOSE_CHANNELS) * TRANSPOSE_CHANNELS
+        if wanted == channels:
+            continue
+        _pad_conv(graph, conv, producers, initializers, axis=0, size=wanted)
+        for reader in readers:
+            _pad_conv(graph, reader, producers, initializers, axis=1, size=wanted)
+        stale = {conv.output[0], *chain}
+        for info in [v for v in graph.value_info if v.name in stale]:  # shapes ONNX Runtime infers again
+            graph.value_info.remove(info)
+        padded.append(f"{conv.name or conv.output[0]}: {channels} -> {wanted}")
+    return padded
+
+
+def _quantizer_chain_after(graph, conv, outputs: set[str]) -> list[str] | None:
+    """The tensors of conv -> [Relu/Clip] -> QuantizeLinear (per tensor) -> DequantizeLinear, each read
+    by the next alone and none a graph output; None where the output takes another path."""
+    tensors, node = [], conv
+    for op in (FUSING_ACTIVATIONS, ("QuantizeLinear",), ("DequantizeLinear",)):
+        users = _consumers(graph, node.output[0])
+        if node.output[0] in outputs or len(users) != 1:
+            return None
+        if users[0].op_type not in op:
+            if op is FUSING_ACTIVATIONS:
+                continue  # no activation between the convolution and its quantizer
+            return None
+        node = users[0]
+        tensors.append(node.output[0])
+    return tensors
+
+
+def _conv_weight(graph, conv, producers: dict, initializers: dict) -> tuple[str, bool] | None:
+    """(the initializer holding `conv`'s weight, whether it is quantized), where its weight and bias
+    are in a form `_pad_conv` can pad: an initializer, or a DequantizeLinear of one (per output
+    channel, read by `conv` alone); else None."""
+    def dequantized(tensor: str):
+        dq = producers.get(tensor)
+        if dq is None or dq.op_type != "DequantizeLinear" or not all(i in initializers for i in dq.input if i) or \
+                next((a.i for a in dq.attribute if a.name == "axis"), 1) != 0 or len(_consumers(graph, tensor)) != 1:
+            return None
+        return dq
+
+    if len(conv.input) > 2 and conv.input[2] and conv.input[2] not in initializers and not dequantized(conv.input[2]):
+        return None
+    if conv.input[1] in initializers:
+        return conv.input[1], False
+    dq = dequantized(conv.input[1])
+    return None if dq is None else (dq.input[0], True)
+
+
+def _pad_conv(graph, conv, producers: dict, initializers: dict, axis: int, size: int) -> None:
+    """Zeros appended along `axis` of `conv`'s weight (0: output channels, with their bias, scales
+    of 1 and zero points of 0; 1: input channels). New initializers: the old ones may be shared."""
+    from onnx import numpy_helper
+
+    def padded(name: str, along: int, fill: float = 0.0) -> str:
+        values = numpy_helper.to_array(initializers[name])
+        width = [(0, 0)] * values.ndim
+        width[along] = (0, size - values.shape[along])
+        init = numpy_helper.from_array(np.pad(values, width, constant_values=fill).astype(values.dtype),
+                                       f"{name}_padded{size}")
+        graph.initializer.append(init)
+        initializers[init.name] = init
+        return init.name
+
+    def pad_operand(node, index: int) -> None:  # a weight or bias: an initializer or its DequantizeLinear
+        if node.input[index] in initializers:
+            node.input[index] = padded(node.input[index], axis if index == 1 else 0)
+            return
+        dq = producers[node.input[index]]
+        dq.input[0] = padded(dq.input[0], axis if index == 1 else 0)
+        for position, fill in ((1, 1.0), (2, 0.0)):  # per-channel scales and zero points, output channels only
+            if axis == 0 and len(dq.input) > position and dq.input[position] and \
+                    numpy_helper.to_array(initializers[dq.input[position]]).size > 1:
+                dq.input[position] = padded(dq.input[position], 0, fill)
+
+    pad_operand(conv, 1)
+    if axis == 0 and len(conv.input) > 2 and conv.input[2]:
+        pad_operand(conv, 2)
 
 
 def _store_float_weights_onnxruntime_dequantizes(model) -> list[str]:
