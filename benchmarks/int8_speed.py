@@ -26,6 +26,7 @@ torchvision models, top-1 agreement with the FP32 file on the same inputs.
     python benchmarks/int8_speed.py --channels            # only: channel counts vs INT8 speed, edgekd_cnn
     python benchmarks/int8_speed.py --run RUN_DIR         # only: a compress run's own student.fp32/int8.onnx
     python benchmarks/int8_speed.py --transposes          # only: ORT's UINT8 NCHW->NHWC Transpose by channels
+    python benchmarks/int8_speed.py --padding             # only: padded vs unpadded float first conv, edgekd_cnn_fc
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -149,7 +151,7 @@ def mixed_for(name: str, files: dict[str, Path], calibration: np.ndarray, batch:
         return None, [t.as_dict() for t in timings]
     path = folder / f"{name}.edgekd_mixed_b{batch}.onnx"
     shutil.copyfile(files["edgekd"], path)
-    place_for_onnxruntime(path, calibration, keep_float=keep)
+    place_for_onnxruntime(path, calibration, keep_float=keep, pad_channels=False)  # the proposal as is
     return path, [t.as_dict() for t in timings]
 
 
@@ -294,6 +296,44 @@ def bench_transposes(mode: str, batch: int = 64) -> dict:
     return {"batch": batch, "threads": THREADS, "us": out}
 
 
+PADDING_WIDTHS = (0.5, 0.75, 1.25, 1.5, 1.75, 2.5)  # edgekd_cnn_fc first convolution: 8, 12, 20, 24, 28, 40 channels
+
+
+def bench_padding(mode: str, folder: Path, data) -> dict:
+    """edgekd_cnn_fc at several widths (random weights, BatchNorm settled on Fashion-MNIST images),
+    NNCF INT8 placed for ONNX Runtime with the first convolution kept float, as the default
+    student's run keeps it: that file with rewrite 8's channel padding and without, against FP32,
+    side by side at batch 1 and 64. Why `edgekd.precision` times the padding instead of always
+    applying it."""
+    calibration = np.stack([data.train[i][0].numpy() for i in range(256)])
+    timing, rounds = TIMING[mode]
+    out = {}
+    for width in PADDING_WIDTHS:
+        torch.manual_seed(0)
+        model = create_model("edgekd_cnn_fc", 10, (1, 28, 28), width=width)
+        settle_batchnorm(model, torch.from_numpy(calibration[:64]))
+        example = torch.from_numpy(calibration[:2])
+        dataset = TensorDataset(torch.from_numpy(calibration), torch.zeros(len(calibration), dtype=torch.long))
+        files = {"fp32": export_onnx(fold_batchnorm(model)[0], example, folder / "pad.fp32.onnx"),
+                 "padded": store_int8_weights(export_onnx(strip_to_qdq(quantize_with_nncf(
+                     model, dataset, 256, ActivationScheme.SYMMETRIC), example), example, folder / "pad.int8.onnx"))}
+        place_for_onnxruntime(files["padded"], calibration)
+        files["unpadded"] = Path(shutil.copyfile(files["padded"], folder / "pad.unpadded.onnx"))
+        first = next(n.name for n in onnx.load(str(files["fp32"])).graph.node if n.op_type == "Conv")
+        place_for_onnxruntime(files["unpadded"], calibration, keep_float=[first], pad_channels=False)
+        padded = place_for_onnxruntime(files["padded"], calibration, keep_float=[first]).channels_padded
+        row = {"padded": padded}
+        for batch in BATCHES:
+            lat = measure_runners_side_by_side({k: OnnxRuntimeRunner(p, THREADS) for k, p in files.items()},
+                                               batch, timing, rounds)
+            row[f"batch{batch}"] = {k: {"p50": v.p50, "vs_fp32": lat["fp32"].p50 / v.p50} for k, v in lat.items()}
+        print(f"width {width} ({', '.join(padded) or 'nothing padded'}): " + "; ".join(
+            f"batch {b}: " + ", ".join(f"{k} {v['p50']:.4f} ms ({v['vs_fp32']:.2f}x)" for k, v in row[f'batch{b}'].items())
+            for b in BATCHES), flush=True)
+        out[str(width)] = row
+    return out
+
+
 def bench_run(run: Path, mode: str, with_openvino: bool, batches) -> dict:
     """A finished run's own files, as they ship: `student.fp32.onnx` (its last FP32 stage) against
     `student.int8.onnx` (QAT, placed and mixed for the run's target), timed side by side."""
@@ -330,6 +370,7 @@ def main() -> None:
     parser.add_argument("--channels", action="store_true", help="only the channel-count study")
     parser.add_argument("--run", type=Path, help="only: time this compress run's student.fp32.onnx and student.int8.onnx")
     parser.add_argument("--transposes", action="store_true", help="only: ORT's UINT8 Transpose by channel count")
+    parser.add_argument("--padding", action="store_true", help="only: rewrite 8's channel padding, timed")
     parser.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
@@ -360,12 +401,14 @@ def main() -> None:
             result["run"] = bench_run(args.run, mode, with_openvino, tuple(args.batches))
         elif args.transposes:
             result["transposes"] = bench_transposes(mode)
+        elif args.padding:
+            result["padding"] = bench_padding(mode, Path(folder), data)
         elif args.channels:
             result["channels"] = bench_channels(mode, Path(folder), data)
         else:
             result["models"] = {name: bench_model(name, data, mode, with_openvino, Path(folder), tuple(args.batches))
                                 for name in args.models}
-    study = "run" if args.run else "transposes" if args.transposes else "channels" if args.channels else None
+    study = next((name for name in ("run", "transposes", "padding", "channels") if getattr(args, name)), None)
     if args.out == OUT and study:  # each study keeps its own file
         args.out = OUT.with_name(f"int8_speed_{study}.json")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -206,8 +206,8 @@ def fit_int8_to_target(int8_path: Path, fp32_path: Path | None, ctx, check=lambd
         keep = slower_in_int8(timings)
         details["layer_timings"] = [t.as_dict() for t in timings]
         if keep:
-            keep, details["mixed_precision"], padded = _mix_if_faster(int8_path, calibration, keep, target)
-            details["channels_padded"] = padded
+            keep, facts = _mix_if_faster(int8_path, calibration, keep, target)
+            details.update(facts)
         details["layers_kept_float"] = keep
     else:
         details["mixed_precision"] = f"not chosen: layers cannot be timed here ({why or 'no FP32 file'})"
@@ -216,26 +216,56 @@ def fit_int8_to_target(int8_path: Path, fp32_path: Path | None, ctx, check=lambd
 
 
 def _mix_if_faster(int8_path: Path, calibration: np.ndarray, keep: list[str],
-                   target: Target) -> tuple[list[str], str, list[str]]:
+                   target: Target) -> tuple[list[str], dict]:
     """Keep `keep` float only if the whole mixed file is faster than the all-INT8 one, timed side by
     side: each float layer adds a dequantize and a quantize around it, which the per-layer profile
     does not see (resnet18 at 224 px: two float layers made the file 1.9x slower). Returns the
-    layers kept float, how that was decided, and the mixed file's channel paddings (ort_qdq rewrite 8)."""
+    layers kept float and the facts for the record: how that was decided, and the channel padding
+    at the float layers' changes of layout (ort_qdq rewrite 8), kept only where it pays."""
     from edgekd.export.ort_qdq import place_for_onnxruntime
 
     with tempfile.TemporaryDirectory() as folder:
-        all_int8 = Path(folder) / "all_int8.onnx"
+        all_int8, unpadded = Path(folder) / "all_int8.onnx", Path(folder) / "unpadded.onnx"
         all_int8.write_bytes(Path(int8_path).read_bytes())
-        padded = place_for_onnxruntime(int8_path, calibration, keep_float=keep).channels_padded
+        unpadded.write_bytes(all_int8.read_bytes())
+        facts = {"channels_padded": place_for_onnxruntime(int8_path, calibration, keep_float=keep).channels_padded}
+        if facts["channels_padded"]:
+            place_for_onnxruntime(unpadded, calibration, keep_float=keep, pad_channels=False)
+            pays, facts["channel_padding"] = _padding_pays(Path(int8_path), unpadded, target)
+            if not pays:
+                Path(int8_path).write_bytes(unpadded.read_bytes())
+                facts["channels_padded"] = []
         runners = {"mixed": _runner(Path(int8_path), target), "int8": _runner(all_int8, target)}
         latency = measure_runners_side_by_side(runners, target.input.batch, TIMING, ROUNDS)
         mixed_ms, int8_ms = latency["mixed"].p50, latency["int8"].p50
         figures = (f"{len(keep)} layer(s) float: {mixed_ms:.3f} ms vs all-INT8 {int8_ms:.3f} ms "
                    f"at batch {target.input.batch}, measured side by side")
         if mixed_ms < int8_ms:
-            return keep, f"chosen: {figures}", padded
+            return keep, {**facts, "mixed_precision": f"chosen: {figures}"}
         Path(int8_path).write_bytes(all_int8.read_bytes())
-    return [], f"not chosen (the whole file was not faster): {figures}", []
+    return [], {"channels_padded": [], "mixed_precision": f"not chosen (the whole file was not faster): {figures}"}
+
+
+PADDING_BATCH = 64  # where a layout's cost shows: at batch 1 the Transpose it changes takes a few us
+PADDING_TIE = LAYER_MARGIN  # at the target's batch, within 10% is a tie (as for a layer: timing noise)
+PADDING_TIMING = {"warmup": 2, "min_runs": 10, "max_runs": 200, "max_seconds": 1.0}
+
+
+def _padding_pays(padded: Path, unpadded: Path, target: Target) -> tuple[bool, str]:
+    """Rewrite 8's padded file against the same file unpadded, side by side at the target's batch and
+    at batch 64: kept where it is faster at batch 64 and no more than 10% slower at the target's batch.
+    On edgekd_cnn_fc's float first convolution (`benchmarks/int8_speed.py --padding`, README):
+    12 -> 16 channels up to 1.57x faster at batch 64 and even at batch 1; 8 -> 16 and 20 -> 32
+    slower at both in one run of two."""
+    runners = {"padded": _runner(padded, target), "unpadded": _runner(unpadded, target)}
+    latency = {batch: measure_runners_side_by_side(runners, batch, PADDING_TIMING, ROUNDS)
+               for batch in sorted({target.input.batch, PADDING_BATCH})}
+    at_target, at_large = latency[target.input.batch], latency[PADDING_BATCH]
+    pays = (at_large["padded"].p50 < at_large["unpadded"].p50
+            and at_target["padded"].p50 <= PADDING_TIE * at_target["unpadded"].p50)
+    figures = "; ".join(f"batch {b}: padded {t['padded'].p50:.3f} ms vs unpadded {t['unpadded'].p50:.3f} ms"
+                        for b, t in latency.items())
+    return pays, f"{'kept' if pays else 'dropped'}: {figures}, measured side by side"
 
 
 def _calibration_images(ctx, samples: int = 256) -> np.ndarray:

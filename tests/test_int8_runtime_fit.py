@@ -40,10 +40,10 @@ def settle_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> torch.nn.M
     return model.eval()
 
 
-def _int8_and_fp32(arch: str, folder: Path) -> tuple[Path, Path, np.ndarray]:
+def _int8_and_fp32(arch: str, folder: Path, width: float = 1.0) -> tuple[Path, Path, np.ndarray]:
     shape = MODELS[arch]
     torch.manual_seed(0)
-    model = create_model(arch, 10, shape)
+    model = create_model(arch, 10, shape, width=width) if width != 1.0 else create_model(arch, 10, shape)
     images = torch.randn(16, *shape)
     settle_batchnorm(model, images)
     calibration = TensorDataset(images, torch.zeros(16, dtype=torch.long))
@@ -103,7 +103,8 @@ def test_layers_stay_float_only_when_the_whole_file_gets_faster(student):
     place_for_onnxruntime(int8, images)
     all_int8 = int8.read_bytes()
     first = next(n.name for n in onnx.load(str(int8)).graph.node if n.op_type == "Conv")
-    keep, how, _ = _mix_if_faster(int8, images, [first], load_target("host-cpu"))
+    keep, facts = _mix_if_faster(int8, images, [first], load_target("host-cpu"))
+    how = facts["mixed_precision"]
     mixed_ms, int8_ms = map(float, re.search(r"float: ([\d.]+) ms vs all-INT8 ([\d.]+) ms", how).groups())
     if keep:
         assert keep == [first] and how.startswith("chosen") and mixed_ms < int8_ms
@@ -241,37 +242,54 @@ def test_a_layer_onnxruntime_leaves_float_stores_a_float_weight(tmp_path, monkey
     assert np.corrcoef(OnnxRuntimeRunner(int8).run(images).ravel(), before.ravel())[0, 1] > 0.9
 
 
-def test_a_float_layer_feeding_int8_ones_is_padded_to_sixteen_channels(tmp_path, monkeypatch):
+def test_a_float_layer_feeding_int8_ones_is_padded_to_sixteen_channels(tmp_path):
     """A pruned student's first convolution (12 channels) kept float: ONNX Runtime transposes its
-    UINT8 output to channels-last for the next QLinearConv, a Transpose that is fast at multiples of
-    16 channels. The placement gives it 4 zero filters (and the reader zero weights for them): the
-    same logits exactly, 16 channels at the change of layout, and nothing padded where none is."""
-    from edgekd.export import ort_qdq
-
-    shape = (1, 28, 28)
-    torch.manual_seed(0)
-    model = create_model("edgekd_cnn_fc", 10, shape, width=0.75)  # 12 / 24 channels
-    images = torch.randn(16, *shape)
-    settle_batchnorm(model, images)
-    quantized = quantize_with_nncf(model, TensorDataset(images, torch.zeros(16, dtype=torch.long)), 16,
-                                   ActivationScheme.SYMMETRIC, batch_size=8)
-    int8 = store_int8_weights(export_onnx(strip_to_qdq(quantized, images), images, tmp_path / "s.int8.onnx"))
-    images = images.numpy()
+    UINT8 output to channels-last for the next QLinearConv, a Transpose much faster at 16 channels.
+    The placement gives it 4 zero filters (and the reader zero weights for them): the same logits
+    exactly, 16 channels at the change of layout, and nothing padded where the layout does not change."""
+    int8, _, images = _int8_and_fp32("edgekd_cnn_fc", tmp_path, width=0.75)  # 12 / 24 channels
     assert place_for_onnxruntime(int8, images).channels_padded == []  # all INT8: one layout throughout
     convs = [n for n in onnx.load(str(int8)).graph.node if n.op_type == "Conv"]
     first, second = convs[0].name, convs[1].name
     reference = Path(shutil.copy(int8, tmp_path / "unpadded.onnx"))
-    with monkeypatch.context() as patch:
-        patch.setattr(ort_qdq, "_pad_channels_at_layout_changes", lambda graph: [])
-        place_for_onnxruntime(reference, images, keep_float=[first])
+    assert place_for_onnxruntime(reference, images, keep_float=[first], pad_channels=False).channels_padded == []
     placement = place_for_onnxruntime(int8, images, keep_float=[first])
     assert placement.kept_float == [first] and placement.channels_padded == [f"{first}: 12 -> 16"]
     np.testing.assert_array_equal(OnnxRuntimeRunner(int8).run(images), OnnxRuntimeRunner(reference).run(images))
-    graph = onnx.load(str(int8)).graph
-    shapes = {i.name: tuple(i.dims) for i in graph.initializer}
-    producers = {out: n for n in graph.node for out in n.output}
-    nodes = {n.name: n for n in graph.node}
-    assert shapes[nodes[first].input[1]][0] == 16  # the float layer's weight: 16 filters
-    assert shapes[producers[nodes[second].input[1]].input[0]][:2] == (24, 16)  # its INT8 reader: 16 inputs
+    assert _conv_channels(int8, first)[0] == 16 and _conv_channels(int8, second) == (24, 16)
+    assert _conv_channels(reference, first)[0] == 12
     assert conv_counts(int8) == {"quantized": 2, "float": 1}
     assert place_for_onnxruntime(int8, images, keep_float=[first]).channels_padded == []  # padded once
+
+
+def _conv_channels(path: Path, name: str) -> tuple[int, int]:
+    """(output, input) channels of the Conv `name`'s weight, float or INT8 behind a DequantizeLinear."""
+    graph = onnx.load(str(path)).graph
+    shapes = {i.name: tuple(i.dims) for i in graph.initializer}
+    producers = {out: n for n in graph.node for out in n.output}
+    weight = next(n for n in graph.node if n.name == name).input[1]
+    return shapes.get(weight) or shapes[producers[weight].input[0]][:2]
+
+
+def test_channel_padding_ships_only_where_the_whole_file_gets_faster(tmp_path):
+    """The padding is timed: padded against unpadded, side by side at the target's batch and at 64;
+    the file keeps whichever the rule picks, and the record says which with the figures."""
+    import re
+
+    from edgekd.precision import PADDING_TIE, _mix_if_faster
+
+    int8, _, images = _int8_and_fp32("edgekd_cnn_fc", tmp_path, width=0.75)
+    place_for_onnxruntime(int8, images)
+    first = next(n.name for n in onnx.load(str(int8)).graph.node if n.op_type == "Conv")
+    keep, facts = _mix_if_faster(int8, images, [first], load_target("host-cpu"))
+    figures = [tuple(map(float, pair)) for pair in
+               re.findall(r"padded ([\d.]+) ms vs unpadded ([\d.]+) ms", facts["channel_padding"])]
+    (padded_1, unpadded_1), (padded_64, unpadded_64) = figures  # batch 1 (host-cpu's), then batch 64
+    pays = padded_64 < unpadded_64 and padded_1 <= PADDING_TIE * unpadded_1
+    assert facts["channel_padding"].startswith("kept" if pays else "dropped")
+    if not keep:  # the mixed file lost to all-INT8: nothing float, nothing padded
+        assert facts["channels_padded"] == [] and conv_counts(int8)["float"] == 0
+    elif pays:
+        assert facts["channels_padded"] == [f"{first}: 12 -> 16"] and _conv_channels(int8, first)[0] == 16
+    else:
+        assert facts["channels_padded"] == [] and _conv_channels(int8, first)[0] == 12

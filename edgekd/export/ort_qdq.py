@@ -34,10 +34,12 @@ those convolutions in float, between a dequantize and a quantize: slower than th
      float) is stored as the float weight it produces, so it is not dequantized again on every call.
   8. where a float convolution feeds quantized ones, or a quantized one feeds a float one (a layer
      kept float), ONNX Runtime transposes the UINT8 map between NCHW and its channels-last
-     QLinearConv. That Transpose is fast only at a multiple of 16 channels (batch 64, 28x28: 12
-     channels 577 us, 16 channels 118 us; `benchmarks/int8_speed.py --transposes`), so the producing
-     convolution gets zero filters up to the next multiple of 16 and its readers zero weights for
-     them: the same function (the extra channels are exactly 0, as are their weights), a fast layout.
+     QLinearConv. With 2 threads that Transpose is much faster at some channel counts than at others
+     (batch 64, 28x28: 12 channels ~590 us, 16 channels ~145 us; `benchmarks/int8_speed.py
+     --transposes`), so the producing convolution gets zero filters up to the next multiple of 16 and
+     its readers zero weights for them: the same function (the extra channels are exactly 0, as are
+     their weights), another layout. It does not always pay (8 -> 16 doubles the readers' inputs), so
+     `edgekd.precision` keeps it only where the whole file measures faster.
 Layers named in `keep_float` go the other way: their weight is dequantized into a float initializer,
 so ONNX Runtime runs them in FP32 (mixed precision, chosen by measurement in `edgekd.precision`).
 """
@@ -78,9 +80,10 @@ class Placement:
 
 
 def place_for_onnxruntime(path: Path, calibration: np.ndarray, keep_float: Iterable[str] = (),
-                          batch: int = 32) -> Placement:
+                          batch: int = 32, pad_channels: bool = True) -> Placement:
     """Rewrite the QDQ graph at `path` in place (see the module docstring); `calibration` is a float32
-    array of input images, `keep_float` the names of Conv/Gemm/MatMul nodes to run in FP32."""
+    array of input images, `keep_float` the names of Conv/Gemm/MatMul nodes to run in FP32;
+    `pad_channels=False` skips rewrite 8 (`edgekd.precision` times the file both ways)."""
     import onnx
 
     path = Path(path)
@@ -118,7 +121,7 @@ def place_for_onnxruntime(path: Path, calibration: np.ndarray, keep_float: Itera
     _insert(graph, new_nodes)
     placement.hardswish_in_uint8 = _hardswish_in_uint8(graph)
     placement.gemms_quantized = _quantized_gemms(graph, keep)
-    placement.channels_padded = _pad_channels_at_layout_changes(graph)
+    placement.channels_padded = _pad_channels_at_layout_changes(graph) if pad_channels else []
     _remove_dead_nodes(graph)
     placement.weights_stored_float = _store_float_weights_onnxruntime_dequantizes(model)
     _remove_unused_initializers(graph)
@@ -456,8 +459,9 @@ def _pad_channels_at_layout_changes(graph) -> list[str]:
     padded = []
     for conv in [n for n in graph.node if n.op_type == "Conv"]:
         chain = _quantizer_chain_after(graph, conv, outputs)
-        if chain is None:
-            continue
+        scale = None if chain is None else initializers.get(producers[chain[-2]].input[1])
+        if scale is None or numpy_helper.to_array(scale).size != 1:
+            continue  # padded channels need no scale of their own only where the map has one scale
         readers = _consumers(graph, chain[-1])
         if not readers or any(r.op_type != "Conv" or list(r.input).index(chain[-1]) != 0 or
                               next((helper.get_attribute_value(a) for a in r.attribute if a.name == "group"), 1) != 1
@@ -481,7 +485,7 @@ def _pad_channels_at_layout_changes(graph) -> list[str]:
 
 
 def _quantizer_chain_after(graph, conv, outputs: set[str]) -> list[str] | None:
-    """The tensors of conv -> [Relu/Clip] -> QuantizeLinear (per tensor) -> DequantizeLinear, each read
+    """The tensors of conv -> [Relu/Clip] -> QuantizeLinear -> DequantizeLinear, each read
     by the next alone and none a graph output; None where the output takes another path."""
     tensors, node = [], conv
     for op in (FUSING_ACTIVATIONS, ("QuantizeLinear",), ("DequantizeLinear",)):
