@@ -293,3 +293,21 @@ def test_channel_padding_ships_only_where_the_whole_file_gets_faster(tmp_path):
         assert facts["channels_padded"] == [f"{first}: 12 -> 16"] and _conv_channels(int8, first)[0] == 16
     else:
         assert facts["channels_padded"] == [] and _conv_channels(int8, first)[0] == 12
+
+
+def test_depthwise_convolutions_are_never_padded(tmp_path):
+    """MobileNetV3 with every other convolution kept float: many changes of layout, some next to
+    depthwise convolutions (whose channel count is their group count). Only group-1 pairs are padded,
+    and ONNX Runtime runs the file."""
+    from onnx import helper
+
+    int8, fp32, images = _int8_and_fp32("mobilenet_v3_small", tmp_path)
+    place_for_onnxruntime(int8, images)
+    convs = [n.name for n in onnx.load(str(int8)).graph.node if n.op_type == "Conv"]
+    placement = place_for_onnxruntime(int8, images, keep_float=convs[::2])
+    graph = onnx.load(str(int8)).graph
+    groups = {n.name: next((helper.get_attribute_value(a) for a in n.attribute if a.name == "group"), 1)
+              for n in graph.node if n.op_type == "Conv"}
+    assert all(groups[entry.split(":")[0]] == 1 for entry in placement.channels_padded)
+    logits = OnnxRuntimeRunner(int8).run(images)
+    assert np.corrcoef(logits.ravel(), OnnxRuntimeRunner(fp32).run(images).ravel())[0, 1] > 0.9

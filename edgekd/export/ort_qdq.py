@@ -448,8 +448,8 @@ TRANSPOSE_CHANNELS = 16  # rewrite 8: ONNX Runtime's UINT8 NCHW<->NHWC Transpose
 
 
 def _pad_channels_at_layout_changes(graph) -> list[str]:
-    """Rewrite 8 (module docstring): Conv -> [Relu/Clip] -> QuantizeLinear -> DequantizeLinear -> Convs
-    (group 1), one side float and the other quantized, padded to a multiple of TRANSPOSE_CHANNELS;
+    """Rewrite 8 (module docstring): Conv -> [Relu/Clip] -> QuantizeLinear -> DequantizeLinear -> Convs,
+    all of group 1 (a depthwise convolution's channels are its groups), one side float and the other quantized, padded to a multiple of TRANSPOSE_CHANNELS;
     returns "conv: before -> after" for each convolution padded."""
     from onnx import helper, numpy_helper
 
@@ -457,14 +457,17 @@ def _pad_channels_at_layout_changes(graph) -> list[str]:
     producers = {out: node for node in graph.node for out in node.output}
     outputs = {o.name for o in graph.output}
     padded = []
-    for conv in [n for n in graph.node if n.op_type == "Conv"]:
+
+    def group(node) -> int:
+        return next((helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
+
+    for conv in [n for n in graph.node if n.op_type == "Conv" and group(n) == 1]:
         chain = _quantizer_chain_after(graph, conv, outputs)
         scale = None if chain is None else initializers.get(producers[chain[-2]].input[1])
         if scale is None or numpy_helper.to_array(scale).size != 1:
             continue  # padded channels need no scale of their own only where the map has one scale
         readers = _consumers(graph, chain[-1])
-        if not readers or any(r.op_type != "Conv" or list(r.input).index(chain[-1]) != 0 or
-                              next((helper.get_attribute_value(a) for a in r.attribute if a.name == "group"), 1) != 1
+        if not readers or any(r.op_type != "Conv" or list(r.input).index(chain[-1]) != 0 or group(r) != 1
                               for r in readers):
             continue
         weights = [_conv_weight(graph, c, producers, initializers) for c in (conv, *readers)]
