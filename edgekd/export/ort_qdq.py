@@ -37,8 +37,8 @@ those convolutions in float, between a dequantize and a quantize: slower than th
      QLinearConv. With 2 threads that Transpose is much faster at some channel counts than at others
      (batch 64, 28x28: 12 channels ~590 us, 16 channels ~145 us; `benchmarks/int8_speed.py
      --transposes`), so the producing convolution gets zero filters up to the next multiple of 16 and
-     its readers zero weights for them: the same function (the extra channels are exactly 0, as are
-     their weights), another layout. It does not always pay (8 -> 16 doubles the readers' inputs), so
+     its readers zero weights for them (group-1 convolutions only: a depthwise one's channels are its
+     groups): the same function (the extra channels are exactly 0, as are their weights), another layout. It does not always pay (8 -> 16 doubles the readers' inputs), so
      `edgekd.precision` keeps it only where the whole file measures faster.
 Layers named in `keep_float` go the other way: their weight is dequantized into a float initializer,
 so ONNX Runtime runs them in FP32 (mixed precision, chosen by measurement in `edgekd.precision`).
