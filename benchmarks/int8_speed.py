@@ -327,9 +327,10 @@ def bench_padding(mode: str, folder: Path, data) -> dict:
             lat = measure_runners_side_by_side({k: OnnxRuntimeRunner(p, THREADS) for k, p in files.items()},
                                                batch, timing, rounds)
             row[f"batch{batch}"] = {k: {"p50": v.p50, "vs_fp32": lat["fp32"].p50 / v.p50} for k, v in lat.items()}
-        print(f"width {width} ({', '.join(padded) or 'nothing padded'}): " + "; ".join(
-            f"batch {b}: " + ", ".join(f"{k} {v['p50']:.4f} ms ({v['vs_fp32']:.2f}x)" for k, v in row[f'batch{b}'].items())
-            for b in BATCHES), flush=True)
+        timed = {b: ", ".join(f"{k} {v['p50']:.4f} ms ({v['vs_fp32']:.2f}x)" for k, v in row[f"batch{b}"].items())
+                 for b in BATCHES}
+        print(f"width {width} ({', '.join(padded) or 'nothing padded'}): "
+              + "; ".join(f"batch {b}: {text}" for b, text in timed.items()), flush=True)
         out[str(width)] = row
     return out
 

@@ -6,7 +6,8 @@ classifier or a graph ONNX Runtime cannot fuse runs slower in INT8 than in FP32.
 - `fit_int8_to_target` (called by the quantize stage on the exported QDQ graph) places the
   quantizers where the target's runtime can fuse them, then, where the target is measurable here,
   times every layer in both precisions (ONNX Runtime's profiler, same layers paired in order) and
-  keeps in FP32 the layers INT8 runs slower: mixed precision by measurement;
+  keeps in FP32 the layers INT8 runs slower: mixed precision by measurement (with the channel
+  padding at their changes of layout kept only where it measures faster);
 - `choose_precision` times the whole FP32 and INT8 files side by side (or estimates both, where
   the target is not measurable here) and returns the one that ships, with its reason.
 """

@@ -38,8 +38,9 @@ those convolutions in float, between a dequantize and a quantize: slower than th
      (batch 64, 28x28: 12 channels ~590 us, 16 channels ~145 us; `benchmarks/int8_speed.py
      --transposes`), so the producing convolution gets zero filters up to the next multiple of 16 and
      its readers zero weights for them (group-1 convolutions only: a depthwise one's channels are its
-     groups): the same function (the extra channels are exactly 0, as are their weights), another layout. It does not always pay (8 -> 16 doubles the readers' inputs), so
-     `edgekd.precision` keeps it only where the whole file measures faster.
+     groups): the same function (the extra channels are exactly 0, as are their weights), another
+     layout. It does not always pay (8 -> 16 doubles the readers' inputs), so `edgekd.precision`
+     keeps it only where the whole file measures faster.
 Layers named in `keep_float` go the other way: their weight is dequantized into a float initializer,
 so ONNX Runtime runs them in FP32 (mixed precision, chosen by measurement in `edgekd.precision`).
 """
@@ -449,8 +450,8 @@ TRANSPOSE_CHANNELS = 16  # rewrite 8: ONNX Runtime's UINT8 NCHW<->NHWC Transpose
 
 def _pad_channels_at_layout_changes(graph) -> list[str]:
     """Rewrite 8 (module docstring): Conv -> [Relu/Clip] -> QuantizeLinear -> DequantizeLinear -> Convs,
-    all of group 1 (a depthwise convolution's channels are its groups), one side float and the other quantized, padded to a multiple of TRANSPOSE_CHANNELS;
-    returns "conv: before -> after" for each convolution padded."""
+    all of group 1 (a depthwise convolution's channels are its groups), one side float and the other
+    quantized, padded to a multiple of TRANSPOSE_CHANNELS; returns "conv: before -> after" for each."""
     from onnx import helper, numpy_helper
 
     initializers = {init.name: init for init in graph.initializer}
@@ -467,8 +468,7 @@ def _pad_channels_at_layout_changes(graph) -> list[str]:
         if scale is None or numpy_helper.to_array(scale).size != 1:
             continue  # padded channels need no scale of their own only where the map has one scale
         readers = _consumers(graph, chain[-1])
-        if not readers or any(r.op_type != "Conv" or list(r.input).index(chain[-1]) != 0 or group(r) != 1
-                              for r in readers):
+        if not readers or any(r.op_type != "Conv" or r.input[0] != chain[-1] or group(r) != 1 for r in readers):
             continue
         weights = [_conv_weight(graph, c, producers, initializers) for c in (conv, *readers)]
         if any(w is None for w in weights) or all(w[1] == weights[0][1] for w in weights[1:]):
