@@ -349,6 +349,12 @@ class Profile(Strict):
     export: ExportConfig = ExportConfig()
     accuracy: AccuracyConfig = AccuracyConfig()
 
+    @property
+    def arithmetic(self) -> tuple[str, ...]:
+        """What cache keys and stage fingerprints add for this profile's arithmetic: fp32-only
+        training computes other bits than bf16 autocast, so it never reuses their results."""
+        return () if self.mixed_precision else ("fp32",)
+
 
 # ---------------------------------------------------------------- loading
 

@@ -337,7 +337,7 @@ def _compress(options: CompressOptions, claimed: dict) -> CompressResult:
     torch.manual_seed(profile.seed)
     student = create_model(profile.student.arch, data.num_classes, data.input_shape, profile.student.width)
     chain_fp = fingerprint(teacher.fingerprint, data.name, data.splits, len(data.train), len(data.val),
-                           len(data.test), data.input_shape, *([] if profile.mixed_precision else ["fp32"]))
+                           len(data.test), data.input_shape, *profile.arithmetic)
     _, stage_records = _run_stages(student, ctx, chain_fp)
     records += stage_records
     report = None

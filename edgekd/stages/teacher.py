@@ -97,7 +97,7 @@ def cache_entry(profile: Profile, data: DataBundle, cache_dir: Path) -> Path:
     """Where the built-in teacher for this recipe and this data's content is cached."""
     recipe = profile.teacher.model_dump(mode="json", exclude={"compile"})  # how fast it trains, not what it learns
     key = fingerprint(recipe, data_fingerprint(data), data.input_shape, profile.seed,
-                      augmentations(profile.data, data), *([] if profile.mixed_precision else ["fp32"]))
+                      augmentations(profile.data, data), *profile.arithmetic)
     return cache_dir / "teachers" / f"{profile.teacher.arch}-{key}.pt"
 
 
