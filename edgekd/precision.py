@@ -228,9 +228,9 @@ def _mix_if_faster(int8_path: Path, calibration: np.ndarray, keep: list[str],
     with tempfile.TemporaryDirectory() as folder:
         all_int8, unpadded = Path(folder) / "all_int8.onnx", Path(folder) / "unpadded.onnx"
         all_int8.write_bytes(Path(int8_path).read_bytes())
-        unpadded.write_bytes(all_int8.read_bytes())
         facts = {"channels_padded": place_for_onnxruntime(int8_path, calibration, keep_float=keep).channels_padded}
         if facts["channels_padded"]:
+            unpadded.write_bytes(all_int8.read_bytes())
             place_for_onnxruntime(unpadded, calibration, keep_float=keep, pad_channels=False)
             pays, facts["channel_padding"] = _padding_pays(Path(int8_path), unpadded, target)
             if not pays:

@@ -138,6 +138,13 @@ def _consumers(graph, tensor: str) -> list:
     return [n for n in graph.node if tensor in n.input]
 
 
+def _attribute(node, name: str, default):
+    """A node's attribute value, or ONNX's default for it."""
+    from onnx import helper
+
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
 def _output_quantized(graph, node) -> bool:
     """ONNX Runtime's rule: every consumer a QuantizeLinear, or one Relu/Clip whose consumers all are."""
     users = _consumers(graph, node.output[0])
@@ -215,7 +222,7 @@ def _flatten_channels_last(model) -> list[str]:
     uses = Counter(name for node in graph.node for name in node.input)
     rewritten = []
     for node in list(graph.node):
-        if node.op_type != "Flatten" or any(a.name == "axis" and a.i != 1 for a in node.attribute):
+        if node.op_type != "Flatten" or _attribute(node, "axis", 1) != 1:
             continue
         shape = shapes.get(node.input[0])
         source = producers.get(node.input[0])
@@ -225,7 +232,7 @@ def _flatten_channels_last(model) -> list[str]:
         users = _consumers(graph, node.output[0])
         if len(users) != 1 or users[0].op_type != "Gemm":
             continue
-        trans_b = next((a.i for a in users[0].attribute if a.name == "transB"), 0)
+        trans_b = _attribute(users[0], "transB", 0)
         weight = _gemm_weight(users[0], trans_b, producers, initializers)
         if weight is None or uses[weight.name] != 1 or uses[users[0].input[1]] != 1:
             continue
@@ -252,7 +259,7 @@ def _gemm_weight(gemm, trans_b: int, producers: dict, initializers: dict):
         step = producers.get(name)
         if step is None or step.op_type not in ("DequantizeLinear", "QuantizeLinear"):
             return None
-        axis = next((a.i for a in step.attribute if a.name == "axis"), 1)
+        axis = _attribute(step, "axis", 1)
         scale = initializers.get(step.input[1])
         if scale is None or (len(scale.dims) > 0 and max(scale.dims) > 1 and axis != (0 if trans_b else 1)):
             return None
@@ -330,7 +337,7 @@ def _dequantized(dq, initializers: dict) -> np.ndarray:
     scale = numpy_helper.to_array(initializers[dq.input[1]]).astype(np.float32)
     zp = (numpy_helper.to_array(initializers[dq.input[2]]).astype(np.float32)
           if len(dq.input) > 2 and dq.input[2] in initializers else np.zeros_like(scale))
-    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+    axis = _attribute(dq, "axis", 1)
     if scale.ndim == 1 and scale.size > 1:
         shape = [1] * q.ndim
         shape[axis] = -1
@@ -347,9 +354,6 @@ def _hardswish_in_uint8(graph) -> list[str]:
     producers = {out: node for node in graph.node for out in node.output}
     outputs = {o.name for o in graph.output}
 
-    def attribute(node, name, default):
-        return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
     def uint8_activation(dq) -> bool:
         return (dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] not in initializers
                 and len(dq.input) > 2 and dq.input[2] in initializers and initializers[dq.input[2]].data_type == 2)
@@ -357,8 +361,8 @@ def _hardswish_in_uint8(graph) -> list[str]:
     new_nodes: dict[int, list] = defaultdict(list)
     rewritten = []
     for index, gate in enumerate(graph.node):
-        if gate.op_type != "HardSigmoid" or abs(attribute(gate, "alpha", 0.2) - 1 / 6) > 1e-6 or \
-                abs(attribute(gate, "beta", 0.5) - 0.5) > 1e-6:
+        if gate.op_type != "HardSigmoid" or abs(_attribute(gate, "alpha", 0.2) - 1 / 6) > 1e-6 or \
+                abs(_attribute(gate, "beta", 0.5) - 0.5) > 1e-6:
             continue
         dq, users = producers.get(gate.input[0]), _consumers(graph, gate.output[0])
         if not uint8_activation(dq) or len(users) != 1 or users[0].op_type != "Mul":
@@ -409,7 +413,7 @@ def _quantized_gemms(graph, keep: set[str]) -> list[str]:
         weight_dq = producers.get(gemm.input[1])
         if weight_dq is None or weight_dq.op_type != "DequantizeLinear" or weight_dq.input[0] not in initializers:
             continue
-        trans_b = next((a.i for a in gemm.attribute if a.name == "transB"), 0)
+        trans_b = _attribute(gemm, "transB", 0)
         if _gemm_weight(gemm, trans_b, producers, initializers) is None:  # scales along the wrong axis
             continue
         chain, tensor = [], gemm.input[0]  # the shape ops between the input's DequantizeLinear and the Gemm
@@ -452,23 +456,20 @@ def _pad_channels_at_layout_changes(graph) -> list[str]:
     """Rewrite 8 (module docstring): Conv -> [Relu/Clip] -> QuantizeLinear -> DequantizeLinear -> Convs,
     all of group 1 (a depthwise convolution's channels are its groups), one side float and the other
     quantized, padded to a multiple of TRANSPOSE_CHANNELS; returns "conv: before -> after" for each."""
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     initializers = {init.name: init for init in graph.initializer}
     producers = {out: node for node in graph.node for out in node.output}
     outputs = {o.name for o in graph.output}
     padded = []
-
-    def group(node) -> int:
-        return next((helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
-
-    for conv in [n for n in graph.node if n.op_type == "Conv" and group(n) == 1]:
+    for conv in [n for n in graph.node if n.op_type == "Conv" and _attribute(n, "group", 1) == 1]:
         chain = _quantizer_chain_after(graph, conv, outputs)
         scale = None if chain is None else initializers.get(producers[chain[-2]].input[1])
         if scale is None or numpy_helper.to_array(scale).size != 1:
             continue  # padded channels need no scale of their own only where the map has one scale
         readers = _consumers(graph, chain[-1])
-        if not readers or any(r.op_type != "Conv" or r.input[0] != chain[-1] or group(r) != 1 for r in readers):
+        if not readers or any(r.op_type != "Conv" or r.input[0] != chain[-1] or _attribute(r, "group", 1) != 1
+                              for r in readers):
             continue
         weights = [_conv_weight(graph, c, producers, initializers) for c in (conv, *readers)]
         if any(w is None for w in weights) or all(w[1] == weights[0][1] for w in weights[1:]):
@@ -511,7 +512,7 @@ def _conv_weight(graph, conv, producers: dict, initializers: dict) -> tuple[str,
     def dequantized(tensor: str):
         dq = producers.get(tensor)
         if dq is None or dq.op_type != "DequantizeLinear" or not all(i in initializers for i in dq.input if i) or \
-                next((a.i for a in dq.attribute if a.name == "axis"), 1) != 0 or len(_consumers(graph, tensor)) != 1:
+                _attribute(dq, "axis", 1) != 0 or len(_consumers(graph, tensor)) != 1:
             return None
         return dq
 
@@ -529,14 +530,17 @@ def _pad_conv(graph, conv, producers: dict, initializers: dict, axis: int, size:
     from onnx import numpy_helper
 
     def padded(name: str, along: int, fill: float = 0.0) -> str:
-        values = numpy_helper.to_array(initializers[name])
-        width = [(0, 0)] * values.ndim
-        width[along] = (0, size - values.shape[along])
-        init = numpy_helper.from_array(np.pad(values, width, constant_values=fill).astype(values.dtype),
-                                       f"{name}_padded{size}")
-        graph.initializer.append(init)
-        initializers[init.name] = init
-        return init.name
+        """`name` padded along `along` to `size`: made once, shared by every layer that asks for it
+        (NNCF shares zero-point tensors between layers of the same width)."""
+        created = f"{name}_padded{along}_{size}"
+        if created not in initializers:
+            values = numpy_helper.to_array(initializers[name])
+            width = [(0, 0)] * values.ndim
+            width[along] = (0, size - values.shape[along])
+            init = numpy_helper.from_array(np.pad(values, width, constant_values=fill).astype(values.dtype), created)
+            graph.initializer.append(init)
+            initializers[created] = init
+        return created
 
     def pad_operand(node, index: int) -> None:  # a weight or bias: an initializer or its DequantizeLinear
         if node.input[index] in initializers:
