@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from edgekd import checkpoints, distributed
+from edgekd.memory import keep_freed_memory
 from edgekd.progress import progress_bar
 from edgekd.runfolder import atomic_torch_save
 from edgekd.teacher_logits import FINITE_VIEWS, IndexedDataset
@@ -166,6 +167,7 @@ def fit(
     """Train `model` in place; with `checkpoint`, save every epoch and resume from the last one.
     `after_backward()`, if given, runs after each backward pass, before the optimizer step."""
     seed_everything(plan.seed)
+    keep_freed_memory()  # each step reuses the last one's memory instead of faulting in fresh pages
     device = distributed.device()
     amp_dtype = _mixed_precision(device) if plan.fast_math else None
     # a distilling objective whose teacher logits are in a table for this split and these views
