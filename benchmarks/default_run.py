@@ -67,6 +67,12 @@ def compress(seed: int, target: str, run_dir: Path, cache: Path, profile: str) -
     }
 
 
+def minutes_seconds(seconds: float) -> str:
+    """239.6 -> '4 min 0 s' (rounded to the second first, so never '3 min 60 s')."""
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s"
+
+
 def fp32_profile(name: str) -> Path:
     """The profile as a file with `mixed_precision = false`: how a CPU without bf16 trains it."""
     source = Path(name) if name.endswith(".toml") else REPO / "profiles" / f"{name}.toml"
@@ -118,7 +124,7 @@ def table(results: dict) -> str:
         lines.append(f"| {kind} | {row['seed']} | {100 * row['teacher_test']:.2f} | {100 * row['student_test']:.2f} | "
                      f"{row['gap_test_points']:.2f} | {row['gap_val_points']:.2f} | "
                      f"{row['teacher_macs'] / 1e6:.2f}M / {row['student_macs'] / 1e6:.2f}M = {row['mac_ratio']:.1f}x | "
-                     f"{int(row['seconds'] // 60)} min {row['seconds'] % 60:.0f} s | {row['exit']} |")
+                     f"{minutes_seconds(row['seconds'])} | {row['exit']} |")
     cold = [r for r in results["cold"] if "error" not in r]
     if cold:
         gap = statistics.fmean(r["gap_test_points"] for r in cold)

@@ -76,9 +76,9 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     import torch
 
-    from edgekd.train import _bf16_supported
+    from edgekd.train import mixed_precision_dtype
 
-    precisions = [False] + ([True] if _bf16_supported(torch.device("cpu")) else [])
+    precisions = [False] + ([True] if mixed_precision_dtype(torch.device("cpu")) is torch.bfloat16 else [])
     rows = []
     for role in ("teacher", "student"):
         for bf16 in precisions:

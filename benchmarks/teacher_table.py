@@ -31,7 +31,7 @@ from edgekd.losses import DistillationObjective  # noqa: E402
 from edgekd.models import create_model  # noqa: E402
 from edgekd.stages.teacher import TeacherSource, default_cache_dir, obtain_teacher  # noqa: E402
 from edgekd.teacher_logits import TeacherLogits, view_count  # noqa: E402
-from edgekd.train import TrainPlan, fit, _mixed_precision  # noqa: E402
+from edgekd.train import TrainPlan, fit, mixed_precision_dtype  # noqa: E402
 
 OUT = REPO / "benchmarks" / "out" / "teacher_table.json"
 
@@ -51,7 +51,7 @@ def main() -> None:
                      seed=profile.seed, fast_math=True, augment=augment, compile=cfg.compile)
     table = TeacherLogits(teacher, data.train, data.num_classes)
     started = time.perf_counter()
-    table.prepare(augment, torch.device("cpu"), _mixed_precision(torch.device("cpu")))
+    table.prepare(augment, torch.device("cpu"), mixed_precision_dtype(torch.device("cpu")))
     build_seconds = time.perf_counter() - started
     torch.manual_seed(0)
     initial = create_model(profile.student.arch, data.num_classes, data.input_shape, profile.student.width)

@@ -111,7 +111,7 @@ def _bf16_supported(device: torch.device) -> bool:
     return bool(native and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def _mixed_precision(device: torch.device) -> torch.dtype | None:
+def mixed_precision_dtype(device: torch.device) -> torch.dtype | None:
     """bf16 where the device has it; fp16 (with a gradient scaler) on older GPUs; else none."""
     if _bf16_supported(device):
         return torch.bfloat16
@@ -169,7 +169,7 @@ def fit(
     seed_everything(plan.seed)
     keep_freed_memory()  # each step reuses the last one's memory instead of faulting in fresh pages
     device = distributed.device()
-    amp_dtype = _mixed_precision(device) if plan.fast_math else None
+    amp_dtype = mixed_precision_dtype(device) if plan.fast_math else None
     # a distilling objective whose teacher logits are in a table for this split and these views
     # reads them there instead of running the teacher (edgekd.teacher_logits)
     table = getattr(objective, "teacher_logits", None)
