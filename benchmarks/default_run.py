@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -28,14 +27,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from edgekd.measure.device import this_machine  # noqa: E402
+
 OUT = REPO / "benchmarks" / "out" / "default_run"
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def compress(seed: int, target: str, run_dir: Path, cache: Path, profile: str) -> dict:
@@ -94,7 +90,7 @@ def main() -> None:
     if args.fp32:
         args.profile = str(fp32_profile(args.profile))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout
-    results = {"cpu": cpu_model(), "cpus": os.cpu_count(), "commit": commit.strip(), "target": args.target,
+    results = {"cpu": this_machine().cpu_model, "cpus": os.cpu_count(), "commit": commit.strip(), "target": args.target,
                "profile": args.profile, "cold": [], "cached": None}
     out = OUT / f"results-{Path(args.profile).stem}-{args.target}.json"
     for seed in args.seeds:

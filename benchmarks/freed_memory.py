@@ -6,7 +6,7 @@ teacher through its logits table), on a seeded, stratified 15,360-image slice of
 training split, batch 256, with the profile's augmentation and `torch.compile`. It fits one epoch
 to compile and warm up, then times a second epoch (60 steps) and counts its page faults. An
 "untouched" process leaves glibc's thresholds as they are; an "edgekd" one raises them as
-`fit` does. The two alternate (the order flips every pair), so a noisy spell lands on both.
+every `fit` does. The two alternate (the order flips every pair), so a noisy spell lands on both.
 Precisions: fp32 (a CPU without bf16) and, where this CPU has native bf16, bf16 autocast.
 
     python benchmarks/freed_memory.py             # 3 pairs of each
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -63,7 +64,7 @@ print(json.dumps({{"ms_per_step": 1000 * seconds / {steps},
 def measure(role: str, bf16: bool, setting: str) -> dict:
     code = ONE.format(repo=str(REPO), setting=setting, role=role, bf16=bf16, images=STEPS * 256, steps=STEPS)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={"EDGEKD_QUIET": "1", **__import__("os").environ})
+                          env={**os.environ, "EDGEKD_QUIET": "1"})
     if done.returncode != 0:
         raise SystemExit(f"{role} {setting}: {(done.stderr.strip().splitlines() or ['failed'])[-1]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -76,6 +77,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     import torch
 
+    from edgekd.measure.device import this_machine
     from edgekd.train import mixed_precision_dtype
 
     precisions = [False] + ([True] if mixed_precision_dtype(torch.device("cpu")) is torch.bfloat16 else [])
@@ -98,10 +100,8 @@ def main() -> None:
             print(f"{row['stage']:28s} {row['precision']}: untouched {row['untouched_ms']:6.1f} ms/step "
                   f"({row['untouched_faults']} faults/step), edgekd {row['edgekd_ms']:6.1f} ms/step "
                   f"({row['edgekd_faults']} faults/step): {row['speedup']:.2f}x", flush=True)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "")
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"cpu": cpu, "threads": 2, "pairs": args.pairs, "steps": STEPS, "rows": rows}, indent=1))
+    OUT.write_text(json.dumps({"cpu": this_machine().cpu_model, "threads": 2, "pairs": args.pairs, "steps": STEPS, "rows": rows}, indent=1))
     print(f"wrote {OUT.relative_to(REPO)}")
 
 

@@ -23,6 +23,7 @@ import onnxruntime as ort
 import torch
 
 from edgekd.config import ActivationScheme
+from edgekd.measure.device import this_machine
 from edgekd.measure.gate import build_reference
 from edgekd.measure.latency import percentiles, time_calls
 from edgekd.models import create_model
@@ -103,7 +104,7 @@ def main() -> None:
         print(f"| {r['reference']} | {r['batch']} | {per} | {r['spread']:+.0%} | {r['spread_without_no_opt']:+.0%} | "
               f"{r['separation_min']:.2f} | {r['planted_min_over_student_max']:.2f} |")
     out = {"host": {"machine": platform.machine(), "processor": platform.processor()},
-           "cpu": next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), ""),
+           "cpu": this_machine().cpu_model,
            "onnxruntime": ort.__version__, "student_macs": student_macs, "planted_macs": planted_macs,
            "reference_int8_macs": ref_macs, "configs": list(CONFIGS), "timings_p50_ms": results, "rows": rows}
     (OUT / "gate.json").write_text(json.dumps(out, indent=2, default=str))

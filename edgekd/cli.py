@@ -275,11 +275,9 @@ def _terminate(signum, _frame):
 
 def run(argv: list[str] | None = None) -> int:
     """The whole command line as a function: an exit code, and one line on stderr for any error."""
-    from edgekd.memory import keep_freed_memory
     from edgekd.quiet import quiet_libraries
 
     quiet_libraries()
-    keep_freed_memory()
     err = Console(stderr=True)
     try:
         return int(app(args=argv, standalone_mode=False) or 0)
