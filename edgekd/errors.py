@@ -17,6 +17,7 @@ class ExitCode(enum.IntEnum):
     BUDGET_MISSED = 3  # the pipeline finished but the student misses the target's budget
     REGRESSION = 4  # `edgekd check`: slower or less accurate than the baseline
     ENVIRONMENT = 5  # disk full, unwritable run folder, missing runtime
+    NOT_SHOWN = 6  # a budget's measured value is within it, but the evidence cannot rule out a miss
     INTERRUPTED = 130  # Ctrl-C / SIGTERM; the run folder can be resumed
 
 
