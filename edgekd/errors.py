@@ -31,6 +31,11 @@ class BadInputError(EdgekdError):
     exit_code = ExitCode.BAD_INPUT
 
 
+class TrainingDiverged(BadInputError):
+    """A NaN or infinite loss: a recipe problem (exit 2) in every stage but QAT, whose guard
+    catches it and rolls the attempt back (stages/quantize.py)."""
+
+
 class EnvironmentProblem(EdgekdError):
     """The machine, not the input, stops us: disk, permissions, a missing runtime."""
 

@@ -147,9 +147,9 @@ def _stop_if_diverged(loss: torch.Tensor, label: str, lr: float, epoch: int, ste
     torchrun every rank sees the same verdict, so all stop together."""
     value = distributed.mean_across_ranks(float(loss.detach()))
     if not math.isfinite(value):
-        from edgekd.errors import BadInputError
+        from edgekd.errors import TrainingDiverged
 
-        raise BadInputError(f"{label}: training diverged (loss {value} at epoch {epoch + 1}, step {step + 1}) "
+        raise TrainingDiverged(f"{label}: training diverged (loss {value} at epoch {epoch + 1}, step {step + 1}) "
                             f"with learning rate {lr:g}; lower the stage's lr in the profile")
 
 

@@ -129,6 +129,29 @@ def run_smoke_variant(tmp_path, cache_dir, name: str, replacements: dict[str, st
     return json.loads((tmp_path / "run" / "report.json").read_text())
 
 
+def test_qat_keeps_the_int8_student_near_its_fp32_parent(smoke_run):
+    """QAT may not lose what post-training quantization kept: the INT8 student stays within 3 points
+    of the pruned FP32 student it was trained from (it once collapsed from 56% to 17-28% on an
+    AMX Xeon: folded weights trained with steps hundreds of times too large, edgekd.fold)."""
+    stages = {s["name"]: s for s in smoke_run[1]["stages"]}
+    assert stages["quantize"]["accuracy"] >= stages["prune"]["accuracy"] - 0.03
+    guard = stages["quantize"]["details"]["qat_guard"]
+    assert guard["ptq_val_accuracy"] > 0.2 and guard["attempts"]
+
+
+def test_a_diverging_qat_is_rolled_back_to_post_training_quantization(tmp_path, cache_dir, smoke_run):
+    """Plant the divergence (a QAT learning rate 500,000x the default): both attempts are rolled
+    back, the calibrated PTQ student ships, and the record says so."""
+    report = run_smoke_variant(tmp_path, cache_dir, "smoke-qat-diverges",
+                               {"calibration_samples = 256": "calibration_samples = 256\nlr = 1000.0"})
+    stages = {s["name"]: s for s in report["stages"]}
+    guard = stages["quantize"]["details"]["qat_guard"]
+    assert guard["kept"] == "ptq" and [a["lr"] for a in guard["attempts"]] == [1000.0, 100.0]
+    assert all(a["rolled_back"] for a in guard["attempts"])
+    assert stages["quantize"]["details"]["fake_quant_val_accuracy"] == guard["ptq_val_accuracy"]
+    assert stages["quantize"]["accuracy"] >= stages["prune"]["accuracy"] - 0.05  # PTQ, not a collapse
+
+
 def test_hint_profile_runs_through_pruning_and_qat(tmp_path, cache_dir, smoke_run):
     """Feature distillation in every training stage; its hooks must not stay on the student."""
     report = run_smoke_variant(tmp_path, cache_dir, "smoke-hint", {

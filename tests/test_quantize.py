@@ -104,3 +104,42 @@ def test_scheme_sets_the_zero_points(int8_student, request):
         assert all(not z.any() for z in zero_points) and any(z.dtype == np.uint8 for z in zero_points)
     else:  # a CPU may use asymmetric activations: some non-zero or unsigned zero points
         assert any(z.dtype == np.uint8 or z.any() for z in zero_points)
+
+
+def test_preconditioned_sgd_on_folded_weights_is_sgd_on_the_batchnorm_network():
+    """QAT trains folded weights; with the s^2 preconditioner its steps (momentum included) are the
+    steps SGD takes on the unfolded network with frozen BatchNorm statistics, whatever the scales.
+    Without it the same steps land elsewhere: what made QAT diverge after pruning."""
+    from edgekd.fold import fold_scales, precondition_folded
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, bias=False), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(8 * 16, 4))
+    x, y = torch.randn(16, 3, 6, 6), torch.randint(0, 4, (16,))
+    bn = net[1]
+    bn.running_var.copy_(torch.logspace(-2, 3, 8))  # scales from ~10 down to ~0.03, as pruning leaves them
+    bn.running_mean.normal_()
+    bn.weight.data.uniform_(0.5, 2.0)
+    bn.weight.requires_grad_(False)  # folded, gamma is not a separate parameter
+    net.eval()
+    scales = fold_scales(net)
+    assert list(scales) == ["0"] and scales["0"].shape == (8,)
+    preconditioned, _ = fold_batchnorm(net)
+    plain, _ = fold_batchnorm(net)
+
+    def train(model, after=lambda: None):
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05,
+                                    momentum=0.9, nesterov=True)
+        for _ in range(3):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            after()
+            optimizer.step()
+
+    train(net)
+    train(preconditioned, precondition_folded(preconditioned, scales))
+    train(plain)
+    refolded, _ = fold_batchnorm(net)
+    assert torch.allclose(preconditioned[0].weight, refolded[0].weight, atol=1e-5)
+    assert torch.allclose(preconditioned(x), refolded(x), atol=1e-4)
+    assert not torch.allclose(plain[0].weight, refolded[0].weight, atol=1e-2)

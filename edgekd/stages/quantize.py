@@ -2,6 +2,11 @@
 fine-tuned through them with the distillation loss (QAT; or not at all, for PTQ), then stripped
 to native PyTorch quantize/dequantize ops, which the pipeline exports as an ONNX QDQ graph.
 
+QAT trains the folded weights with their gradients preconditioned by the folded BatchNorm scales
+(edgekd.fold.precondition_folded: the steps SGD would take on the BatchNorm network with frozen
+statistics), and is guarded: an attempt that ends worse than post-training quantization is rolled
+back, retried once at a tenth of the learning rate, else the PTQ student is kept.
+
 The scheme follows the target: signed symmetric activations (zero point 0) and per-channel weights
 for TensorRT; on CPUs zero point 0 with unsigned post-ReLU tensors (what ONNX Runtime fuses into
 QLinearConv), or asymmetric activations where a target asks for them. The pipeline measures accuracy
@@ -10,6 +15,7 @@ on the exported file in ONNX Runtime, i.e. on the artifact that ships, not on th
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
@@ -19,7 +25,8 @@ from torch.utils.data import DataLoader
 from edgekd import distributed
 from edgekd.config import ActivationScheme, Profile, Target
 from edgekd.data import stratified_subset
-from edgekd.fold import fold_batchnorm
+from edgekd.errors import TrainingDiverged
+from edgekd.fold import fold_batchnorm, fold_scales, precondition_folded
 from edgekd.losses import DistillationObjective
 from edgekd.progress import info
 from edgekd.stages import StageContext, StageOutput
@@ -116,6 +123,12 @@ def strip_to_qdq(quantized: nn.Module, example: torch.Tensor) -> nn.Module:
                           example_input=example[:1])
 
 
+# QAT is kept only where it ends no further than this below the model it started from (the
+# calibrated, post-training-quantized student) on validation: it is there to win accuracy back
+GUARD_SLACK = 0.01
+RETRY_LR_FACTOR = 0.1  # a rolled-back QAT is retried once at this share of the profile's lr
+
+
 class QuantizeStage:
     name = "quantize"
 
@@ -124,31 +137,84 @@ class QuantizeStage:
 
     def config(self, profile: Profile, target: Target) -> object:
         return {"quantize": profile.quantize.model_dump(), "scheme": target.activation_scheme.value,
-                "export": profile.export.model_dump(), "distill": profile.distill.model_dump(), "seed": profile.seed}
+                "export": profile.export.model_dump(), "distill": profile.distill.model_dump(), "seed": profile.seed,
+                "qat": "preconditioned-folded-sgd, guarded"}
 
     def run(self, model: nn.Module, ctx: StageContext) -> StageOutput:
         cfg = ctx.profile.quantize
         scheme = ctx.target.activation_scheme
-        parent_val = (distributed.broadcast(evaluate(model, ctx.data.val))
-                      if ctx.accuracy_floor is not None and cfg.method == "qat" else None)
-        quantized = quantize_with_nncf(model, ctx.data.train, cfg.calibration_samples, scheme, seed=ctx.profile.seed)
         details: dict = {"method": cfg.method, "scheme": scheme.value, "epoch_losses": []}
-        if cfg.method == "qat" and cfg.epochs > 0:
+        scales = fold_scales(model)
+        qat = cfg.method == "qat" and cfg.epochs > 0
+        parent_val = distributed.broadcast(evaluate(model, ctx.data.val)) if qat else None
+        quantized = quantize_with_nncf(model, ctx.data.train, cfg.calibration_samples, scheme, seed=ctx.profile.seed)
+        if qat:
             objective = DistillationObjective(ctx.teacher, ctx.profile.distill, ctx.teacher_logits).with_input_shape(ctx.data.input_shape)
-            plan = TrainPlan(
-                epochs=cfg.epochs, lr=cfg.lr, weight_decay=0.0, batch_size=ctx.profile.data.batch_size,
-                seed=ctx.profile.seed, warmup=0.05, workers=ctx.profile.data.workers, min_steps=cfg.min_steps,
-            )
-            log = fit(quantized, objective, ctx.data.train, plan, label="QAT",
-                      checkpoint=ctx.progress(self.name), fingerprint=ctx.fingerprint)
-            details["epoch_losses"] = log.epoch_losses
-            details.update(self._train_to_the_floor(quantized, objective, plan, ctx, parent_val))
+            precondition = precondition_folded(quantized, scales)
+            guard = self._guarded_qat(quantized, objective, ctx, precondition, parent_val)
+            details["epoch_losses"] = guard["epoch_losses"]
+            details["qat_guard"] = guard
+            if guard["kept"] == "ptq":
+                details.update({"extra_epochs": 0, "fake_quant_val_accuracy": guard["ptq_val_accuracy"],
+                                "extension": "not extended: QAT was rolled back to the post-training-quantized model"})
+            else:
+                plan = self._plan(ctx, guard["lr"])
+                details.update(self._train_to_the_floor(quantized, objective, plan, ctx, parent_val,
+                                                        precondition=precondition))
         return StageOutput(strip_to_qdq(quantized, ctx.example), details, precision="int8")
 
+    @staticmethod
+    def _plan(ctx: StageContext, lr: float) -> TrainPlan:
+        cfg = ctx.profile.quantize
+        return TrainPlan(epochs=cfg.epochs, lr=lr, weight_decay=0.0, batch_size=ctx.profile.data.batch_size,
+                         seed=ctx.profile.seed, warmup=0.05, workers=ctx.profile.data.workers, min_steps=cfg.min_steps)
+
+    def _guarded_qat(self, quantized: nn.Module, objective: nn.Module, ctx: StageContext, precondition,
+                     parent_val: float) -> dict:
+        """QAT that cannot make the student worse than post-training quantization made it.
+
+        An attempt is rolled back (the calibrated PTQ weights and ranges restored) when its loss
+        is not finite, its epoch losses rise, or it ends more than GUARD_SLACK below the PTQ
+        student on validation; it is then retried once at RETRY_LR_FACTOR of the learning rate,
+        and if that fails too the PTQ student is kept, with its measured accuracy. Every attempt
+        is in the returned record."""
+        cfg = ctx.profile.quantize
+        start = copy.deepcopy(quantized.state_dict())
+        ptq_val = distributed.broadcast(evaluate(quantized, ctx.data.val))
+        record: dict = {"parent_val_accuracy": parent_val, "ptq_val_accuracy": ptq_val, "attempts": []}
+        for attempt, lr in enumerate((cfg.lr, cfg.lr * RETRY_LR_FACTOR)):
+            problem, losses, accuracy = None, [], None
+            try:
+                log = fit(quantized, objective, ctx.data.train, self._plan(ctx, lr),
+                          label="QAT" if attempt == 0 else "QAT retry",
+                          checkpoint=ctx.progress(self.name) if attempt == 0 else None,
+                          fingerprint=ctx.fingerprint, after_backward=precondition)
+                losses = log.epoch_losses
+                accuracy = distributed.broadcast(evaluate(quantized, ctx.data.val))
+            except TrainingDiverged as error:
+                problem = str(error)
+            if problem is None and len(losses) > 1 and losses[-1] > losses[0]:
+                problem = f"its epoch loss rose ({losses[0]:.4g} -> {losses[-1]:.4g})"
+            if problem is None and accuracy < ptq_val - GUARD_SLACK:
+                problem = (f"it ended at {100 * accuracy:.2f}% validation top-1, below the "
+                           f"{100 * ptq_val:.2f}% it started from (post-training quantization)")
+            record["attempts"].append({"lr": lr, "epoch_losses": losses, "val_accuracy": accuracy,
+                                       "rolled_back": problem})
+            if problem is None:
+                record.update(kept="qat" if attempt == 0 else "qat retry", lr=lr, epoch_losses=losses)
+                return record
+            quantized.load_state_dict(start)
+            then = (f"retrying at lr {lr * RETRY_LR_FACTOR:g}" if attempt == 0 else
+                    f"keeping the post-training-quantized student ({100 * ptq_val:.2f}% validation top-1)")
+            info(f"QAT at lr {lr:g} rolled back: {problem}; {then}")
+        record.update(kept="ptq", lr=None, epoch_losses=[])
+        return record
+
     def _train_to_the_floor(self, quantized: nn.Module, objective: nn.Module, plan: TrainPlan,
-                            ctx: StageContext, parent_val: float | None) -> dict:
+                            ctx: StageContext, parent_val: float | None, precondition=None) -> dict:
         """While the INT8 student is below the accuracy budget on validation, train it longer,
-        one epoch at a time at half the learning rate, up to the profile's cap. Not when its FP32
+        one epoch at a time at half the learning rate, up to the profile's cap; an extra epoch
+        that lowers validation top-1 is rolled back and ends the extension. Not when its FP32
         parent was already below: the loss is an earlier stage's, which QAT does not win back
         (default run: two extra epochs moved 88.93% to 88.92% against a 91.73% floor)."""
         cfg = ctx.profile.quantize
@@ -162,13 +228,26 @@ class QuantizeStage:
             return {"extra_epochs": 0, "fake_quant_val_accuracy": val_accuracy, "parent_val_accuracy": parent_val,
                     "extension": why}
         extra = 0
+        facts: dict = {}
         while val_accuracy < ctx.accuracy_floor and extra < cfg.max_extra_epochs:
             extra += 1
             info(f"QAT: validation top-1 {100 * val_accuracy:.2f}% is below the accuracy budget's "
                  f"{100 * ctx.accuracy_floor:.2f}%; extra epoch {extra}/{cfg.max_extra_epochs}")
-            longer = TrainPlan(epochs=1, lr=cfg.lr / 2, weight_decay=0.0, batch_size=plan.batch_size,
+            longer = TrainPlan(epochs=1, lr=plan.lr / 2, weight_decay=0.0, batch_size=plan.batch_size,
                                seed=plan.seed + 100 + extra, warmup=0.05, workers=plan.workers,
                                min_steps=cfg.min_steps // 2)
-            fit(quantized, objective, ctx.data.train, longer, label=f"QAT extra {extra}")
-            val_accuracy = distributed.broadcast(evaluate(quantized, ctx.data.val))
-        return {"extra_epochs": extra, "fake_quant_val_accuracy": val_accuracy}
+            before = copy.deepcopy(quantized.state_dict())
+            try:
+                fit(quantized, objective, ctx.data.train, longer, label=f"QAT extra {extra}", after_backward=precondition)
+                accuracy = distributed.broadcast(evaluate(quantized, ctx.data.val))
+            except TrainingDiverged:
+                accuracy = None
+            if accuracy is None or accuracy < val_accuracy:
+                quantized.load_state_dict(before)
+                facts["extension"] = (f"extra epoch {extra} rolled back: validation top-1 "
+                                      f"{'diverged' if accuracy is None else f'{100 * accuracy:.2f}%'} "
+                                      f"after {100 * val_accuracy:.2f}% before it")
+                info(f"QAT: {facts['extension']}")
+                break
+            val_accuracy = accuracy
+        return {"extra_epochs": extra, "fake_quant_val_accuracy": val_accuracy, **facts}
