@@ -259,6 +259,14 @@ def _latencies(ctx: StageContext, records: list[dict], measure_here: bool) -> li
                                         measure_here=measure_here).as_record()} for record in records]
 
 
+def gate_subject(root: Path, final: dict) -> Path:
+    """The file the CI gate times: the final student as an all-INT8 graph, like its reference. Where
+    layers were kept float by timing on this CPU (precision.fit_int8_to_target), that is the graph
+    before they were: the same file on every CPU, where the shipped one is not."""
+    kept = (final.get("details") or {}).get("runtime_fit", {}).get("all_int8_onnx")
+    return root / (kept or final["onnx"])
+
+
 def _reference(ctx: StageContext, student_onnx: Path) -> dict:
     """What the CI gate compares: the student timed beside a fixed reference that scales like it
     (edgekd.measure.gate), so the ratio is comparable across machines where milliseconds are not."""
@@ -268,7 +276,7 @@ def _reference(ctx: StageContext, student_onnx: Path) -> dict:
     path, macs = build_reference(ctx.run.path("stages/reference.onnx"), ctx.data.num_classes, ctx.data.input_shape,
                                  scheme, ctx.profile.export.opset)
     return {"model": reference_description(scheme), "macs": macs, "onnx": ctx.run.relative(path),
-            **gate_latency(student_onnx, path)}
+            "student_onnx": ctx.run.relative(student_onnx), **gate_latency(student_onnx, path)}
 
 
 def _layers(ctx: StageContext, final: dict, onnx_path: Path) -> list[dict]:
@@ -405,7 +413,7 @@ def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, da
         "shipped": shipped,
         "tensorrt": tensorrt,
         "ort_format": ort_format,
-        "reference": _reference(ctx, final_onnx),
+        "reference": _reference(ctx, gate_subject(run.root, final)),
         "layers": _layers(ctx, final, final_onnx),
         "artifacts": artifacts,
         "seconds": round(seconds, 1),
