@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -233,9 +234,8 @@ class QuantizeStage:
             extra += 1
             info(f"QAT: validation top-1 {100 * val_accuracy:.2f}% is below the accuracy budget's "
                  f"{100 * ctx.accuracy_floor:.2f}%; extra epoch {extra}/{cfg.max_extra_epochs}")
-            longer = TrainPlan(epochs=1, lr=plan.lr / 2, weight_decay=0.0, batch_size=plan.batch_size,
-                               seed=plan.seed + 100 + extra, warmup=0.05, workers=plan.workers,
-                               min_steps=cfg.min_steps // 2)
+            longer = replace(plan, epochs=1, lr=plan.lr / 2, weight_decay=0.0, seed=plan.seed + 100 + extra,
+                             warmup=0.05, min_steps=cfg.min_steps // 2)
             before = copy.deepcopy(quantized.state_dict())
             try:
                 fit(quantized, objective, ctx.data.train, longer, label=f"QAT extra {extra}", after_backward=precondition)
