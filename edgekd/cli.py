@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from edgekd import listing
 from edgekd.errors import EdgekdError, ExitCode
@@ -128,11 +129,9 @@ def print_report(report: dict, run_dir: Path, boxed: bool | None = None) -> None
                   highlight=False, soft_wrap=True)
     if "teacher" in budget:
         out.print(budget["teacher"]["line"], highlight=False, soft_wrap=True)
-    from edgekd.pipeline import budget_fit
-
-    fitted = budget_fit(report)
-    if fitted is not None:
-        out.print(("[green]" if fitted["met"] else "[red]") + fitted["message"], soft_wrap=True, highlight=False)
+    if "pruning" in budget:  # budget pruning's account: fitted, a note, or why the latency missed
+        colour = {"fitted": "[green]", "note": "[yellow]", "missed": "[red]"}[budget["pruning"]["state"]]
+        out.print(colour + escape(budget["pruning"]["line"]), soft_wrap=True, highlight=False)
     out.print(f"run folder: {run_dir}  (open {run_dir / 'report.html'})", highlight=False)
 
 

@@ -26,6 +26,16 @@ def test_the_verdict_names_the_stage_that_broke_the_budget():
     assert accuracy_verdict(_records(0.93, 0.925, 0.921, 0.9205), profile, target)["met"]
 
 
+def test_a_late_collapse_is_named_even_when_an_earlier_stage_was_first_over_budget():
+    """Issue 23: distill lost 2.4 points (first over), then QAT collapsed to chance."""
+    profile, target = load_profile("default"), load_target("host-cpu")
+    verdict = accuracy_verdict(_records(0.9694, 0.945, 0.9503, 0.0278), profile, target)
+    assert verdict["first_stage_below"] == "distill" and verdict["most_lost_stage"] == "quantize"
+    assert verdict["most_lost_points"] == pytest.approx(92.25)
+    assert "first over budget at the distill stage" in verdict["verdict"]
+    assert "the quantize stage lost the most (92.25 points below its parent)" in verdict["verdict"]
+
+
 def _paired(n, teacher_right, student_right, both_right):
     """Records of a teacher and a student on n validation images with the given overlaps."""
     teacher = np.zeros(n, bool)

@@ -12,8 +12,9 @@ from edgekd.config import ActivationScheme
 from edgekd.fold import fold_batchnorm
 from edgekd.models import create_model
 from edgekd.onnx_export import export_onnx
-from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner, open_session, store_int8_weights
-from edgekd.stages.quantize import quantize_with_nncf, strip_to_qdq
+from edgekd.measure.device import Machine
+from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner, int8_weight_bits, open_session, store_int8_weights
+from edgekd.stages.quantize import _weight_quantizers, quantize_with_nncf, strip_to_qdq
 from edgekd.losses import CrossEntropyObjective
 from edgekd.train import TrainPlan, fit
 
@@ -30,7 +31,8 @@ def trained_student(fashion_slice):
 
 @pytest.fixture(scope="module", params=list(ActivationScheme))
 def int8_student(request, trained_student, fashion_slice, tmp_path_factory, test_images):
-    quantized = quantize_with_nncf(trained_student, fashion_slice.train, 256, request.param)
+    quantized = quantize_with_nncf(trained_student, fashion_slice.train, 256, request.param,
+                                   weight_bits=int8_weight_bits())  # as the quantize stage does
     fit(quantized, CrossEntropyObjective(), fashion_slice.train, TrainPlan(1, 0.01, 0, 64, 0), label="QAT")
     stripped = strip_to_qdq(quantized, test_images)
     path = store_int8_weights(export_onnx(stripped, test_images, tmp_path_factory.mktemp("q") / "student.int8.onnx"))
@@ -143,3 +145,68 @@ def test_preconditioned_sgd_on_folded_weights_is_sgd_on_the_batchnorm_network():
     assert torch.allclose(preconditioned[0].weight, refolded[0].weight, atol=1e-5)
     assert torch.allclose(preconditioned(x), refolded(x), atol=1e-4)
     assert not torch.allclose(plain[0].weight, refolded[0].weight, atol=1e-2)
+
+
+def test_weights_use_7_bits_only_on_x86_cpus_without_an_int8_dot_product():
+    assert int8_weight_bits(Machine("x86_64", "AMD EPYC", frozenset({"avx2", "fma"}))) == 7
+    assert int8_weight_bits(Machine("x86_64", "Intel Xeon", frozenset({"avx2", "avx512f", "avx512bw"}))) == 7
+    assert int8_weight_bits(Machine("x86_64", "Intel Xeon", frozenset({"avx512f", "avx512_vnni"}))) == 8
+    assert int8_weight_bits(Machine("x86_64", "Intel Core", frozenset({"avx2", "avx_vnni"}))) == 8
+    assert int8_weight_bits(Machine("aarch64", "0xd41", frozenset({"asimd", "asimddp"}))) == 8
+
+
+def _qdq_convolution(weights: np.ndarray, bits: int) -> bytes:
+    """One QDQ 3x3 convolution (u8 activations, s8 per-channel weights quantized to `bits`)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    top = 2 ** (bits - 1) - 1
+    scales = np.abs(weights).reshape(len(weights), -1).max(1) / top
+    ints = np.clip(np.round(weights / scales[:, None, None, None]), -top, top).astype(np.int8)
+    constants = {"xs": np.float32(1 / 255), "xz": np.uint8(0), "w": ints, "ws": scales.astype(np.float32),
+                 "wz": np.zeros(len(weights), np.int8), "ys": np.float32(0.5), "yz": np.uint8(128)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
+             helper.make_node("Conv", ["xd", "wd"], ["y"], pads=[1, 1, 1, 1]),
+             helper.make_node("QuantizeLinear", ["y", "ys", "yz"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["out"])]
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 16, 16])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in constants.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_onnx_runtimes_fused_int8_convolution_is_exact_with_this_cpus_weight_bits():
+    """The reason for 7-bit weights, run on this CPU: ONNX Runtime's fused QLinearConv must give
+    what its unfused Q/DQ graph computes. On an x86 CPU without VNNI it does not with 8-bit weights
+    (its int16 pair sums saturate); with `int8_weight_bits()` it must, on every CPU."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    model = _qdq_convolution(rng.standard_normal((64, 64, 3, 3)).astype(np.float32), int8_weight_bits())
+    images = rng.random((1, 64, 16, 16), dtype=np.float32)
+    outputs = []
+    for level in (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        outputs.append(ort.InferenceSession(model, options, providers=["CPUExecutionProvider"]).run(None, {"x": images})[0])
+    assert np.array_equal(outputs[0], outputs[1])
+
+
+def test_7_bit_weights_export_within_63_and_follow_the_fake_quantized_model(trained_student, fashion_slice,
+                                                                            test_images, tmp_path):
+    quantized = quantize_with_nncf(trained_student, fashion_slice.train, 256, ActivationScheme.ASYMMETRIC, weight_bits=7)
+    with torch.no_grad():  # as QAT may: ranges that shrink below some weights, which must then be clipped
+        for quantizer, _ in _weight_quantizers(quantized):
+            quantizer.scale.mul_(0.7)
+    path = store_int8_weights(export_onnx(strip_to_qdq(quantized, test_images), test_images, tmp_path / "q7.onnx"))
+    weights = [onnx.numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer
+               if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2]
+    assert len(weights) == len(list(_weight_quantizers(quantized))) >= 3
+    assert max(int(np.abs(w).max()) for w in weights) == 63
+    expected = quantized.eval()(test_images).detach().numpy()
+    actual = OnnxRuntimeRunner(path).run(test_images.numpy())
+    assert np.abs(actual - expected).max() < INT8_LOGIT_TOLERANCE
+    assert (actual.argmax(1) == expected.argmax(1)).mean() >= 0.98

@@ -53,6 +53,13 @@ def paired_drop(teacher: dict, student: dict, confidence: float) -> tuple[float,
     return drop, upper, n
 
 
+def stage_that_lost_most(records: list[dict]) -> tuple[str | None, float]:
+    """The stage whose own step cost the most validation top-1 (points below the stage before it):
+    a collapse late in the chain is named even when an earlier, smaller loss was first over budget."""
+    steps = [(r["name"], 100.0 * (parent["val_accuracy"] - r["val_accuracy"])) for parent, r in zip(records, records[1:])]
+    return max(steps, key=lambda step: step[1]) if steps else (None, 0.0)
+
+
 def accuracy_verdict(records: list[dict], profile: Profile, target: Target) -> dict:
     """Whether the final student keeps the teacher's validation top-1 within the budget, at the
     profile's confidence; when it does not, which stage first could not be shown within it."""
@@ -63,6 +70,7 @@ def accuracy_verdict(records: list[dict], profile: Profile, target: Target) -> d
     met = upper <= max_drop + 1e-9
     first_below = next((r["name"] for r in records[1:]
                         if paired_drop(teacher, r, confidence)[1] > max_drop + 1e-9), None)
+    most_lost, most_lost_points = stage_that_lost_most(records)
     change = f"lost {drop:.2f} points" if drop >= 0 else f"gained {-drop:.2f} points"
     bound = (f" (at most {upper:.2f} at {100 * confidence:g}% confidence, {images} validation images)"
              if images else "")
@@ -75,6 +83,8 @@ def accuracy_verdict(records: list[dict], profile: Profile, target: Target) -> d
                    f"the budget (add validation images, or raise accuracy.max_drop)")
     else:
         where = f"; first over budget at the {first_below} stage" if first_below else ""
+        if most_lost and most_lost_points > 0:
+            where += f"; the {most_lost} stage lost the most ({most_lost_points:.2f} points below its parent)"
         verdict = f"accuracy MISSED: {numbers}{where}"
     return {
         "split": "validation",
@@ -88,5 +98,7 @@ def accuracy_verdict(records: list[dict], profile: Profile, target: Target) -> d
         "floor": accuracy_floor(teacher["val_accuracy"], profile, target),
         "met": met,
         "first_stage_below": first_below,
+        "most_lost_stage": most_lost,
+        "most_lost_points": most_lost_points,
         "verdict": verdict,
     }

@@ -30,6 +30,7 @@ from edgekd.errors import TrainingDiverged
 from edgekd.fold import fold_batchnorm, fold_scales, precondition_folded
 from edgekd.losses import DistillationObjective
 from edgekd.progress import info
+from edgekd.runtimes.onnxruntime import int8_weight_bits
 from edgekd.stages import StageContext, StageOutput
 from edgekd.train import TrainPlan, evaluate, fit
 
@@ -56,9 +57,10 @@ def use_eager_fake_quant() -> None:
 
 
 def quantize_with_nncf(model: nn.Module, calibration: torch.utils.data.Dataset, samples: int,
-                       scheme: ActivationScheme, batch_size: int = 128, seed: int = 0) -> nn.Module:
+                       scheme: ActivationScheme, batch_size: int = 128, seed: int = 0, weight_bits: int = 8) -> nn.Module:
     """Fold BatchNorms, then insert NNCF's INT8 fake quantizers calibrated on `samples` images,
-    drawn at random with every class in proportion (never the first N of a class-sorted folder)."""
+    drawn at random with every class in proportion (never the first N of a class-sorted folder).
+    `weight_bits=7`: weights use half the INT8 range (see `int8_weight_bits`)."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
 
@@ -79,7 +81,45 @@ def quantize_with_nncf(model: nn.Module, calibration: torch.utils.data.Dataset, 
         force_signed_activations(quantized)
     elif scheme is ActivationScheme.ASYMMETRIC:
         pin_zero_points(quantized)
+    if weight_bits == 7:
+        halve_weight_ranges(quantized)
     return quantized
+
+
+def _weight_quantizers(quantized: nn.Module):
+    """(quantizer, the weight it quantizes) for each of NNCF's weight quantizers: NNCF hooks them
+    on input 1 (the weight) of a module's op, named like `pre_hooks.body/0/conv2d/0__1.0`."""
+    from nncf.torch.quantization.layers import SymmetricQuantizer
+
+    for name, module in quantized.named_modules():
+        if not isinstance(module, SymmetricQuantizer) or ".pre_hooks." not in f".{name}":
+            continue
+        op, port = name.split("pre_hooks.", 1)[1].rsplit(".", 1)[0].rsplit("__", 1)
+        owner = quantized.get_submodule(".".join(op.split("/")[:-2]))
+        weight = getattr(owner, "weight", None)
+        if port == "1" and isinstance(weight, torch.Tensor) and weight.shape[0] == module.scale_shape[0]:
+            yield module, weight
+
+
+def halve_weight_ranges(quantized: nn.Module) -> int:
+    """Quantize every weight to 7 bits (+-63, the range NNCF's overflow fix uses) with the
+    calibrated range kept: QAT trains with it, and the exported INT8 weights stay within +-63."""
+    halved = 0
+    for quantizer, _ in _weight_quantizers(quantized):
+        quantizer._half_range = True
+        quantizer.set_levels()
+        halved += 1
+    return halved
+
+
+@torch.no_grad()
+def clamp_to_weight_ranges(quantized: nn.Module) -> None:
+    """Clip each weight to its quantizer's range before the native strip: the 7-bit quantizer
+    clips there, but the exported 8-bit QuantizeLinear (same step, +-127) would not."""
+    for quantizer, weight in _weight_quantizers(quantized):
+        if quantizer.is_half_range:
+            high = (abs(quantizer.scale) + quantizer.eps).reshape(weight.shape[0], *[1] * (weight.dim() - 1))
+            weight.copy_(torch.maximum(torch.minimum(weight, high), -high))
 
 
 def pin_zero_points(quantized: nn.Module) -> int:
@@ -118,9 +158,11 @@ def strip_to_qdq(quantized: nn.Module, example: torch.Tensor) -> nn.Module:
     """Native torch quantize/dequantize ops: what exports to ONNX QuantizeLinear/DequantizeLinear."""
     import nncf
 
+    quantized = copy.deepcopy(quantized)
+    clamp_to_weight_ranges(quantized)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return nncf.strip(quantized.eval(), do_copy=True, strip_format=nncf.StripFormat.NATIVE,
+        return nncf.strip(quantized.eval(), do_copy=False, strip_format=nncf.StripFormat.NATIVE,
                           example_input=example[:1])
 
 
@@ -139,16 +181,21 @@ class QuantizeStage:
     def config(self, profile: Profile, target: Target) -> object:
         return {"quantize": profile.quantize.model_dump(), "scheme": target.activation_scheme.value,
                 "export": profile.export.model_dump(), "distill": profile.distill.model_dump(), "seed": profile.seed,
-                "qat": "preconditioned-folded-sgd, guarded"}
+                "qat": "preconditioned-folded-sgd, guarded", "weight_bits": int8_weight_bits()}
 
     def run(self, model: nn.Module, ctx: StageContext) -> StageOutput:
         cfg = ctx.profile.quantize
         scheme = ctx.target.activation_scheme
-        details: dict = {"method": cfg.method, "scheme": scheme.value, "epoch_losses": []}
+        bits = int8_weight_bits()
+        details: dict = {"method": cfg.method, "scheme": scheme.value, "epoch_losses": [], "weight_bits": bits}
+        if bits == 7:
+            details["weight_bits_why"] = ("this x86 CPU has no VNNI: ONNX Runtime's INT8 convolution saturates "
+                                          "with 8-bit weights here, so weights use 7 bits (+-63)")
         scales = fold_scales(model)
         qat = cfg.method == "qat" and cfg.epochs > 0
         parent_val = distributed.broadcast(evaluate(model, ctx.data.val)) if qat else None
-        quantized = quantize_with_nncf(model, ctx.data.train, cfg.calibration_samples, scheme, seed=ctx.profile.seed)
+        quantized = quantize_with_nncf(model, ctx.data.train, cfg.calibration_samples, scheme, seed=ctx.profile.seed,
+                                       weight_bits=bits)
         if qat:
             objective = DistillationObjective(ctx.teacher, ctx.profile.distill, ctx.teacher_logits).with_input_shape(ctx.data.input_shape)
             precondition = precondition_folded(quantized, scales)
