@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import signal
 import sys
 from pathlib import Path
@@ -125,7 +126,8 @@ def print_report(report: dict, run_dir: Path, boxed: bool | None = None) -> None
     # verdicts are one line each, never wrapped: CI logs grep them
     out.print(("[green]" if latency_met else "[red]") + budget["verdict"], highlight=False, soft_wrap=True)
     if "accuracy" in budget:
-        out.print(("[green]" if budget["accuracy"]["met"] else "[red]") + budget["accuracy"]["verdict"],
+        state = budget["accuracy"].get("state") or ("MET" if budget["accuracy"]["met"] else "MISSED")
+        out.print({"MET": "[green]", "NOT SHOWN": "[yellow]"}.get(state, "[red]") + escape(budget["accuracy"]["verdict"]),
                   highlight=False, soft_wrap=True)
     if "teacher" in budget:
         out.print(budget["teacher"]["line"], highlight=False, soft_wrap=True)
@@ -206,6 +208,11 @@ def bench(
     raise typer.Exit(int(ExitCode.OK if result.met else ExitCode.BUDGET_MISSED))
 
 
+class NotShown(str, enum.Enum):
+    PASS = "pass"
+    FAIL = "fail"
+
+
 @app.command()
 def check(
     report: Annotated[Path, typer.Argument(help="report.json of the run to check.")],
@@ -215,8 +222,9 @@ def check(
     as_json: JsonFlag = False,
     macs_tolerance: Annotated[float, typer.Option(help="Allowed relative growth of the final student's MACs per image.", min=0)] = 0.10,
     allow_mismatch: Annotated[bool, typer.Option(help="Compare even when target, gate threads/batch/reference or final stage differ (a note instead of a failure).")] = False,
+    not_shown: Annotated[NotShown, typer.Option(help="A report whose accuracy budget is NOT SHOWN (within it, but the data cannot rule out more): pass, or fail (exit 6).")] = "pass",
 ) -> None:
-    """CI latency regression gate: exit 4 when the student got slower or less accurate than the baseline, or the runs are not comparable."""
+    """CI latency regression gate: exit 4 when the student got slower or less accurate than the baseline, or the runs are not comparable; 6 with --not-shown fail on a NOT SHOWN accuracy budget."""
     from edgekd.check import compare, require_complete
     from edgekd.pipeline import read_report
 
@@ -229,7 +237,15 @@ def check(
     else:
         for line in result.lines:
             out.print(line, highlight=False, markup=False)
-    raise typer.Exit(int(ExitCode.OK if result.ok else ExitCode.REGRESSION))
+    if not result.ok:
+        raise typer.Exit(int(ExitCode.REGRESSION))
+    state = (checked.get("budget") or {}).get("state")
+    if state == "NOT SHOWN" and NotShown(not_shown) is NotShown.FAIL:
+        if not as_json:
+            out.print(f"FAIL: the accuracy budget is NOT SHOWN ({checked['budget']['accuracy']['verdict']}) "
+                      "and --not-shown fail was given", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(int(ExitCode.NOT_SHOWN))
+    raise typer.Exit(int(ExitCode.OK))
 
 
 @app.command()

@@ -34,7 +34,7 @@ from edgekd.stages.prune import PruneStage
 from edgekd.stages.quantize import QuantizeStage
 from edgekd.stages.teacher import Teacher, TeacherSource, default_cache_dir, obtain_teacher, teacher_counts
 from edgekd.teacher_logits import TeacherLogits
-from edgekd.train import correct_onnx, predict_onnx
+from edgekd.train import correct_onnx
 from edgekd.measure.target_latency import off_target_label, on_target_device, target_latency
 
 STAGES = (DistillStage(), PruneStage(), QuantizeStage())  # in this order; nothing prunes after QAT
@@ -146,11 +146,13 @@ def record_stage(name: str, model: nn.Module, ctx: StageContext, *, precision: s
     else:
         parity = _check_export(model, ctx, path, precision, name)
     runner = OnnxRuntimeRunner(path, threads=EVAL_THREADS)
-    val_hits = correct_onnx(runner, ctx.data.val)
+    val_hits, test_hits = correct_onnx(runner, ctx.data.val), correct_onnx(runner, ctx.data.test)
     return {
         "name": name,
         "precision": precision,
-        "accuracy": predict_onnx(runner, ctx.data.test),
+        "accuracy": float(test_hits.mean()) if len(test_hits) else 0.0,
+        "test_images": len(test_hits),
+        "test_correct": pack_hits(test_hits),  # per test image, for the paired accuracy verdict
         "val_accuracy": float(val_hits.mean()),
         "val_images": len(val_hits),
         "val_correct": pack_hits(val_hits),  # per validation image, for the paired accuracy verdict
@@ -230,8 +232,10 @@ def _budget(ctx: StageContext, records: list[dict], latency: dict, note: str) ->
     accuracy = accuracy_verdict(records, ctx.profile, ctx.target)
     budget["accuracy"] = accuracy
     budget["teacher"] = _against_teacher(ctx.target, records[0], records[-1], latency)
-    budget["checks"]["accuracy"] = accuracy["met"]
-    budget["met"] = all(budget["checks"].values())
+    budget["checks"]["accuracy"] = accuracy["state"] != "MISSED"  # NOT SHOWN is no miss, and no MET either
+    budget["met"] = all(budget["checks"].values()) and accuracy["state"] == "MET"
+    budget["state"] = "MISSED" if not all(budget["checks"].values()) else accuracy["state"]
+    budget["not_shown_passes"] = ctx.profile.accuracy.not_shown == "pass"
     fit = next((r["details"]["budget_fit"] for r in records if "budget_fit" in r.get("details", {})), None)
     if fit is not None:
         budget["pruning"] = pruning_line(fit, budget)
@@ -371,7 +375,7 @@ def _compress(options: CompressOptions, claimed: dict) -> CompressResult:
         report = _finish(ctx, records, options, data, time.perf_counter() - started)
     distributed.barrier()
     report = distributed.broadcast(report)
-    code = ExitCode.OK if report["budget"]["met"] else ExitCode.BUDGET_MISSED
+    code = exit_code(report["budget"])
     return CompressResult(report, run_dir, code)
 
 
@@ -443,6 +447,14 @@ def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, da
     write_html(report, run.root)
     atomic_write_json(run.path(REPORT), report)
     return report
+
+
+def exit_code(budget: dict) -> ExitCode:
+    """MET 0, MISSED 3, NOT SHOWN 6 (0 where the profile says `[accuracy] not_shown = "pass"`)."""
+    state = budget.get("state") or ("MET" if budget["met"] else "MISSED")  # reports from before the three states
+    if state == "MET" or (state == "NOT SHOWN" and budget.get("not_shown_passes")):
+        return ExitCode.OK
+    return ExitCode.NOT_SHOWN if state == "NOT SHOWN" else ExitCode.BUDGET_MISSED
 
 
 def budget_fit(report: dict) -> dict | None:

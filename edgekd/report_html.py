@@ -340,6 +340,7 @@ def _verdict(report: dict) -> str:
     if not budget:
         return ""
     met = bool(budget.get("met"))
+    state = budget.get("state") or ("MET" if met else "MISSED")
     source = budget.get("source", "?")
     checks = " ".join(f'<span class="tag {"pass" if ok else "fail"}">{_e(name)} {"ok" if ok else "over"}</span>'
                       for name, ok in (budget.get("checks") or {}).items())
@@ -350,7 +351,7 @@ def _verdict(report: dict) -> str:
     lines = [budget.get("verdict", ""), (budget.get("accuracy") or {}).get("verdict"),
              (budget.get("teacher") or {}).get("line")]
     return (f'<div class="verdict {"met" if met else "missed"}">'
-            f'<span class="word">BUDGET {"MET" if met else "MISSED"}</span> {_tag(source)} {checks}'
+            f'<span class="word">BUDGET {_e(state)}</span> {_tag(source)} {checks}'
             + "".join(f'<div class="line">{_e(line)}</div>' for line in lines if line) + f'{caution}</div>')
 
 

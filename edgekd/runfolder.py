@@ -156,8 +156,8 @@ class RunFolder:
             done = json.loads(marker.read_text())
         except (OSError, json.JSONDecodeError):
             return None
-        if done.get("fingerprint") != fingerprint:
-            return None
+        if done.get("fingerprint") != fingerprint or "test_correct" not in done.get("record", {}):
+            return None  # another config, or an older edgekd's record without per-image test results
         for name, digest in done.get("files", {}).items():
             file = self.root / name
             if not file.is_file() or sha256(file) != digest:

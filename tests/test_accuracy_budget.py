@@ -14,23 +14,25 @@ from edgekd.pipeline import ExportMismatch, _check_export, _export
 
 def _records(*val):
     names = ["teacher", "distill", "prune", "quantize"]
-    return [{"name": n, "val_accuracy": v} for n, v in zip(names, val)]
+    return [{"name": n, "val_accuracy": v, "accuracy": v} for n, v in zip(names, val)]
 
 
 def test_the_verdict_names_the_stage_that_broke_the_budget():
     profile, target = load_profile("default"), load_target("host-cpu")
     verdict = accuracy_verdict(_records(0.93, 0.925, 0.90, 0.905), profile, target)
-    assert not verdict["met"] and verdict["first_stage_below"] == "prune"
+    assert verdict["state"] == "MISSED" and not verdict["met"] and verdict["first_stage_over"] == "prune"
     assert verdict["drop_points"] == pytest.approx(2.5)
     assert "MISSED" in verdict["verdict"] and "prune stage" in verdict["verdict"]
-    assert accuracy_verdict(_records(0.93, 0.925, 0.921, 0.9205), profile, target)["met"]
+    # records without per-image results give no bound: within the budget is NOT SHOWN, never MET
+    within = accuracy_verdict(_records(0.93, 0.925, 0.921, 0.9205), profile, target)
+    assert within["state"] == "NOT SHOWN" and not within["met"] and "older edgekd" in within["verdict"]
 
 
 def test_a_late_collapse_is_named_even_when_an_earlier_stage_was_first_over_budget():
     """Issue 23: distill lost 2.4 points (first over), then QAT collapsed to chance."""
     profile, target = load_profile("default"), load_target("host-cpu")
     verdict = accuracy_verdict(_records(0.9694, 0.945, 0.9503, 0.0278), profile, target)
-    assert verdict["first_stage_below"] == "distill" and verdict["most_lost_stage"] == "quantize"
+    assert verdict["first_stage_over"] == "distill" and verdict["most_lost_stage"] == "quantize"
     assert verdict["most_lost_points"] == pytest.approx(92.25)
     assert "first over budget at the distill stage" in verdict["verdict"]
     assert "the quantize stage lost the most (92.25 points below its parent)" in verdict["verdict"]
@@ -42,19 +44,35 @@ def _paired(n, teacher_right, student_right, both_right):
     student = np.zeros(n, bool)
     teacher[:teacher_right] = True
     student[teacher_right - both_right: teacher_right - both_right + student_right] = True
-    return [{"name": "teacher", "val_accuracy": teacher.mean(), "val_images": n, "val_correct": pack_hits(teacher)},
-            {"name": "quantize", "val_accuracy": student.mean(), "val_images": n, "val_correct": pack_hits(student)}]
+    return [{"name": "teacher", "val_accuracy": teacher.mean(), "accuracy": teacher.mean(), "test_images": n,
+             "test_correct": pack_hits(teacher)},
+            {"name": "quantize", "val_accuracy": student.mean(), "accuracy": student.mean(), "test_images": n,
+             "test_correct": pack_hits(student)}]
 
 
 def test_a_small_validation_split_cannot_pass_a_student_it_cannot_vouch_for():
-    """The same 0.6-point drop: shown within a 1-point budget on 6,000 images, not on 160."""
+    """The same 0.6-point drop: shown within a 1-point budget on 6,000 images; NOT SHOWN on 160,
+    with the number of images that would show it."""
+    from edgekd.pipeline import exit_code
+
     profile, target = load_profile("default"), load_target("host-cpu")
     large = accuracy_verdict(_paired(6000, 5400, 5364, 5364), profile, target)
-    assert large["met"] and large["drop_points"] == pytest.approx(0.6)
+    assert large["state"] == "MET" and large["met"] and large["drop_points"] == pytest.approx(0.6)
     assert 0.6 < large["drop_upper_points"] < 1.0 and large["images"] == 6000
     small = accuracy_verdict(_paired(160, 144, 143, 143), profile, target)
-    assert not small["met"] and small["drop_points"] == pytest.approx(0.625)
-    assert "too small to show" in small["verdict"] and "160 validation images" in small["verdict"]
+    assert small["state"] == "NOT SHOWN" and not small["met"] and small["drop_points"] == pytest.approx(0.625)
+    assert small["verdict"].startswith("accuracy NOT SHOWN") and "160 test images" in small["verdict"]
+    needed = small["images_to_show"]
+    assert needed > 160 and f"about {needed:,} test images would show it" in small["verdict"]
+    # the number is honest: as many images with the same agreement pattern show it
+    scale = -(-needed // 160)
+    assert accuracy_verdict(_paired(160 * scale, 144 * scale, 143 * scale, 143 * scale), profile, target)["met"]
+    # one exit code per state; a team may let NOT SHOWN pass
+    assert exit_code({"met": True, "state": "MET"}) == 0
+    assert exit_code({"met": False, "state": "MISSED"}) == 3
+    assert exit_code({"met": False, "state": "NOT SHOWN"}) == 6
+    assert exit_code({"met": False, "state": "NOT SHOWN", "not_shown_passes": True}) == 0
+    assert exit_code({"met": False, "state": "MISSED", "not_shown_passes": True}) == 3
 
 
 def test_the_bound_is_paired_image_by_image():
@@ -64,7 +82,7 @@ def test_the_bound_is_paired_image_by_image():
     churn = accuracy_verdict(_paired(2000, 1800, 1790, 1600), profile, target)
     assert agree["drop_points"] == churn["drop_points"] == pytest.approx(0.5)
     assert agree["drop_upper_points"] < churn["drop_upper_points"]
-    assert agree["met"] and not churn["met"]
+    assert agree["met"] and not churn["met"] and churn["state"] == "NOT SHOWN"
 
 
 def test_a_target_can_tighten_the_budget():
@@ -123,7 +141,8 @@ def test_a_planted_accuracy_collapse_exits_3_naming_the_stage(tmp_path, cache_di
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     accuracy = report["budget"]["accuracy"]
     assert done.returncode == 3 and not report["budget"]["met"] and not accuracy["met"], done.stderr[-2000:]
-    assert accuracy["first_stage_below"] == "quantize" and accuracy["drop_points"] > 30  # smoke allows 30
+    assert accuracy["first_stage_over"] == "quantize" and accuracy["drop_points"] > 30  # smoke allows 30
+    assert accuracy["state"] == report["budget"]["state"] == "MISSED"
     line = next(l for l in done.stdout.splitlines() if l.startswith("accuracy MISSED"))
     assert "quantize" in line and f"{100 * accuracy['teacher']:.2f}%" in line
 
@@ -143,3 +162,39 @@ def test_an_int8_export_that_disagrees_with_its_model_is_an_error(tmp_path, test
     with pytest.raises(ExportMismatch, match="prune: the exported FP32 file .* disagrees"):
         _export(model, ctx, tmp_path / "m.onnx", "fp32")
         _check_export(model, ctx, tmp_path / "m.onnx", "fp32", "prune")
+
+
+def test_a_budget_the_test_split_cannot_decide_exits_6_and_a_team_may_let_it_pass(tmp_path, cache_dir, smoke_run):
+    """The real command line: the smoke run re-judged (every stage resumed) with a budget between
+    its measured drop and that drop's upper bound: NOT SHOWN, exit 6; `not_shown = "pass"` exits 0
+    with the same NOT SHOWN line; `edgekd check --not-shown fail` fails it with exit 6."""
+    import shutil
+
+    from tests.conftest import edgekd
+
+    accuracy = smoke_run[1]["budget"]["accuracy"]
+    drop, upper = max(accuracy["drop_points"], 0.0), accuracy["drop_upper_points"]
+    assert accuracy["images"] == smoke_run[1]["dataset"]["test"] and upper > drop
+    smoke = (PROFILES_DIR / "smoke.toml").read_text()
+    undecided = smoke.replace("max_drop = 30.0", f"max_drop = {(drop + upper) / 2:.4f}")
+    outcomes = {}
+    for choice in ("fail", "pass"):
+        profile = tmp_path / f"undecided-{choice}.toml"
+        profile.write_text(undecided.replace("[accuracy]\n", f'[accuracy]\nnot_shown = "{choice}"\n'))
+        run = tmp_path / f"run-{choice}"
+        shutil.copytree(smoke_run[0], run)
+        done = edgekd("compress", "--profile", str(profile), "--target", "mobile-cpu", "--resume", str(run),
+                      "--cache-dir", str(cache_dir))
+        report = json.loads((run / "report.json").read_text())
+        assert all(s.get("resumed") for s in report["stages"]), "the verdict alone was to be recomputed"
+        assert report["budget"]["state"] == report["budget"]["accuracy"]["state"] == "NOT SHOWN"
+        assert not report["budget"]["met"]
+        line = next(l for l in done.stdout.splitlines() if l.startswith("accuracy "))
+        assert line.startswith("accuracy NOT SHOWN") and "test images would show it" in line
+        outcomes[choice] = done.returncode
+        if choice == "fail":
+            checked = [edgekd("check", str(run / "report.json"), "--baseline", str(run / "report.json"), *flag)
+                       for flag in ((), ("--not-shown", "fail"))]
+    assert outcomes == {"fail": 6, "pass": 0}
+    assert [c.returncode for c in checked] == [0, 6]
+    assert "NOT SHOWN" in checked[1].stdout

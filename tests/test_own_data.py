@@ -59,7 +59,7 @@ save_checkpoint(teacher, spec, Path({str(tmp_path / "teacher.pt")!r}))
                   "--image-size", "28", "--teacher", str(tmp_path / "teacher.pt"),
                   "--student", "mobilenet_v3_small", "--width", "0.5", "--run-dir", str(run_dir),
                   "--cache-dir", str(cache_dir))
-    assert done.returncode in (0, 3), done.stderr[-3000:]
+    assert done.returncode in (0, 3, 6), done.stderr[-3000:]
     report = json.loads((run_dir / "report.json").read_text())
     assert report["dataset"]["classes"] == ["class0", "class1", "class2"]
     assert (report["dataset"]["train"], report["dataset"]["val"], report["dataset"]["test"]) == (243, 27, 90)

@@ -67,7 +67,7 @@ def test_second_run_uses_the_cached_teacher_and_is_reproducible(smoke_run, tmp_p
     _, first, _ = smoke_run
     done = edgekd("compress", "--profile", "smoke", "--target", "host-cpu", "--run-dir", str(tmp_path / "again"),
                   "--cache-dir", str(cache_dir))
-    assert done.returncode in (0, 3), done.stderr[-2000:]
+    assert done.returncode in (0, 3, 6), done.stderr[-2000:]
     again = json.loads((tmp_path / "again" / "report.json").read_text())
     assert again["stages"][0]["details"]["origin"].startswith("cache:")
     for a, b in zip(first["stages"][:-1], again["stages"][:-1]):  # training is deterministic
@@ -84,7 +84,7 @@ def test_tensorrt_target_here_gets_the_onnx_student_and_a_build_script(tmp_path,
     run_dir = tmp_path / "gpu"
     done = edgekd("compress", "--profile", "smoke", "--target", "server-gpu", "--run-dir", str(run_dir),
                   "--cache-dir", str(cache_dir))
-    assert done.returncode in (0, 3), done.stderr[-2000:]
+    assert done.returncode in (0, 3, 6), done.stderr[-2000:]
     report = json.loads((run_dir / "report.json").read_text())
     assert report["budget"]["source"] == "estimated" and "estimated" in report["budget"]["verdict"]
     assert report["artifacts"]["engine"] is None and "tensorrt" in report["tensorrt"]["engine_note"]
@@ -100,7 +100,7 @@ def test_bench_estimates_where_the_target_is_not_here(smoke_run):
     assert done.returncode == 0, done.stderr
     assert "estimated" in done.stdout and "mobile-cpu" in done.stdout
     done = edgekd("bench", str(run_dir / "student.int8.onnx"), "--target", "host-cpu")
-    assert done.returncode in (0, 3) and "measured" in done.stdout
+    assert done.returncode in (0, 3, 6) and "measured" in done.stdout
 
 
 def test_project_ci_latency_gate_against_the_committed_baseline(smoke_run):
@@ -125,7 +125,7 @@ def run_smoke_variant(tmp_path, cache_dir, name: str, replacements: dict[str, st
     profile.write_text(text)
     done = edgekd("compress", "--profile", str(profile), "--target", "host-cpu", "--run-dir", str(tmp_path / "run"),
                   "--cache-dir", str(cache_dir))
-    assert done.returncode in (0, 3), done.stderr[-3000:]
+    assert done.returncode in (0, 3, 6), done.stderr[-3000:]
     return json.loads((tmp_path / "run" / "report.json").read_text())
 
 

@@ -204,3 +204,19 @@ def test_a_student_too_small_to_prune_exits_2_in_one_line(tmp_path, cache_dir):
     assert done.returncode == 2, done.stderr[-2000:]
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "removes nothing" in lines[0] and "Traceback" not in done.stderr
+
+
+def test_pruning_short_of_its_margin_but_inside_the_budget_is_a_note_not_a_second_verdict():
+    """Issue 23: `MET ... 0.060 ms vs 0.065 ms`, `accuracy MET`, then `budget not fitted` and exit 3.
+    The pruning line may only explain the verdict: a note when the budget is met, the reason when not."""
+    from edgekd.pipeline import pruning_line
+
+    fit = {"met": False, "message": "budget not fitted (no layer can lose more channels and get faster): INT8 "
+                                    "latency 0.06024 ms (measured) against the budget 0.065 ms (less the margin: 0.0585 ms)"}
+    met = pruning_line(fit, {"checks": {"p50": True, "memory": True, "accuracy": True}, "met": True})
+    assert met["state"] == "note" and met["line"].startswith("note: budget not fitted")
+    assert "MET" not in met["line"] and "MISSED" not in met["line"]
+    missed = pruning_line(fit, {"checks": {"p50": False, "accuracy": True}, "met": False})
+    assert missed["state"] == "missed" and missed["line"].startswith("latency MISSED because budget not fitted")
+    fitted = pruning_line({**fit, "met": True, "message": "budget fitted: ..."}, {"checks": {"p50": True}, "met": True})
+    assert fitted == {"state": "fitted", "line": "budget fitted: ..."}

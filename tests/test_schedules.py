@@ -105,7 +105,7 @@ def test_smoke_pipeline_trains_on_the_gpu(tmp_path, cache_dir):
 
     done = edgekd("compress", "--profile", "smoke", "--target", "host-cpu", "--device", "cuda",
                   "--run-dir", str(tmp_path / "r"), "--cache-dir", str(cache_dir))
-    assert done.returncode in (0, 3), done.stderr[-2000:]
+    assert done.returncode in (0, 3, 6), done.stderr[-2000:]
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["training"]["device"].startswith("cuda")
 

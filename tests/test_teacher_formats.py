@@ -78,7 +78,7 @@ def test_every_teacher_format_runs_the_whole_pipeline(form, setting, tmp_path, c
     done = edgekd("compress", "--data", str(root / "data"), "--image-size", str(SIZE), "--profile",
                   str(root / "profile.toml"), "--target", "mobile-cpu", "--run-dir", str(run_dir),
                   "--cache-dir", str(cache_dir), *FORMATS[form](root))
-    assert done.returncode in (0, 3), done.stderr[-3000:]
+    assert done.returncode in (0, 3, 6), done.stderr[-3000:]
     report = json.loads((run_dir / "report.json").read_text())
     assert report["status"] == "complete"
     stages = {s["name"]: s for s in report["stages"]}

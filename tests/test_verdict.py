@@ -109,7 +109,7 @@ def test_measure_here_is_labelled_as_not_the_target_device(small_onnx):
 
 def test_bench_measure_here_says_where_it_ran(small_onnx):
     done = edgekd("bench", str(small_onnx), "--target", "mobile-cpu", "--measure-here")
-    assert done.returncode in (0, 3), done.stderr
+    assert done.returncode in (0, 3, 6), done.stderr
     assert "not on Arm Cortex-A78 class phone CPU" in done.stdout.replace("\n", " ")
     plain = edgekd("bench", str(small_onnx), "--target", "mobile-cpu")
     assert "estimated" in plain.stdout and "not on Arm" not in plain.stdout
@@ -131,7 +131,7 @@ def test_a_host_cpu_run_retargeted_to_mobile_reports_only_mobile_estimates(smoke
     run_dir = tmp_path / "retargeted"
     shutil.copytree(source, run_dir)
     done = edgekd("compress", "--resume", str(run_dir), "--target", "mobile-cpu", "--cache-dir", str(cache_dir))
-    assert done.returncode in (0, 3), done.stderr[-2000:]
+    assert done.returncode in (0, 3, 6), done.stderr[-2000:]
     report = json.loads((run_dir / "report.json").read_text())
     assert report["target"]["name"] == "mobile-cpu" and report["target"]["on_device"] is False
     for stage in report["stages"]:
