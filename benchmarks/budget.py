@@ -33,7 +33,7 @@ from edgekd.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, read_idx
 from edgekd.metrics import count
 from edgekd.models import create_model
 from edgekd.pipeline import CompressOptions, budget_fit, compress
-from edgekd.stages.prune_budget import int8_latency
+from edgekd.stages.prune.budget import int8_latency
 from edgekd.stages.teacher import TeacherSource
 
 OUT = Path(__file__).resolve().parent / "out"

@@ -19,17 +19,15 @@ import argparse
 import copy
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from edgekd.models import create_model  # noqa: E402
-from edgekd.train import CompiledOrEager  # noqa: E402
+from edgekd.models import create_model
+from edgekd.train import CompiledOrEager
 
 
 def train_step(model, forward):

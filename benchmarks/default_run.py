@@ -27,9 +27,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from edgekd.measure.device import this_machine  # noqa: E402
+from edgekd.measure.device import this_machine
 
 OUT = REPO / "benchmarks" / "out" / "default_run"
 

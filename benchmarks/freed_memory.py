@@ -29,7 +29,6 @@ STEPS = 60
 
 ONE = """
 import json, resource, sys, time, torch
-sys.path.insert(0, {repo!r})
 from edgekd import memory
 if {setting!r} == "untouched":
     memory._applied = False  # keep_freed_memory() then leaves glibc's thresholds alone
@@ -62,7 +61,7 @@ print(json.dumps({{"ms_per_step": 1000 * seconds / {steps},
 
 
 def measure(role: str, bf16: bool, setting: str) -> dict:
-    code = ONE.format(repo=str(REPO), setting=setting, role=role, bf16=bf16, images=STEPS * 256, steps=STEPS)
+    code = ONE.format(setting=setting, role=role, bf16=bf16, images=STEPS * 256, steps=STEPS)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "EDGEKD_QUIET": "1"})
     if done.returncode != 0:
@@ -74,7 +73,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=3)
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
     import torch
 
     from edgekd.measure.device import this_machine

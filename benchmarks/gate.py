@@ -1,7 +1,7 @@
 """Which normalisation makes the CI latency gate cancel the machine? Measured, not assumed.
 
 The smoke student (a finished host-cpu smoke run's student.int8.onnx), a planted student with
-1.5x its MACs (tests/plant.py) and candidate references are timed side by side (rotated rounds,
+1.5x its MACs (`edgekd.testing.plant_student`) and candidate references are timed side by side (rotated rounds,
 pooled samples) under several ONNX Runtime CPU configurations that stand in for different CPUs:
 1 and 2 threads, full and basic graph optimisation, and no graph optimisation at all (Q/DQ left
 unfused: an extreme "machine" on which INT8 runs as float). For each reference and batch:
@@ -28,7 +28,7 @@ from edgekd.measure.gate import build_reference
 from edgekd.measure.latency import percentiles, time_calls
 from edgekd.models import create_model
 from edgekd.onnx_export import export_onnx
-from tests.plant import plant_student
+from edgekd.testing import plant_student
 
 OUT = Path(__file__).resolve().parent / "out"
 CONFIGS = {  # name: (threads, graph optimisation)

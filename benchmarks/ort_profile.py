@@ -11,14 +11,12 @@ shape at the given batch).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgekd.runtimes.onnxruntime import node_samples  # noqa: E402
+from edgekd.runtimes.onnxruntime import node_samples
 
 
 def main() -> None:

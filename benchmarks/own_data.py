@@ -27,9 +27,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from tests.fixtures import write_image_folder  # noqa: E402
+from edgekd.testing import write_image_folder
 
 OUT = REPO / "benchmarks" / "out" / "own_data"
 

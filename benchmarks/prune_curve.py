@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,18 +23,17 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from edgekd.checkpoints import load_stage_model  # noqa: E402
-from edgekd.config import Profile, Target  # noqa: E402
-from edgekd.data import load_data  # noqa: E402
-from edgekd.metrics import count  # noqa: E402
-from edgekd.runfolder import RunFolder  # noqa: E402
-from edgekd.stages import StageContext  # noqa: E402
-from edgekd.stages.prune import prune_to_ratio  # noqa: E402
-from edgekd.stages.teacher import TeacherSource, default_cache_dir, obtain_teacher  # noqa: E402
-from edgekd.teacher_logits import TeacherLogits  # noqa: E402
-from edgekd.train import accuracy  # noqa: E402
+from edgekd.checkpoints import load_stage_model
+from edgekd.config import Profile, Target
+from edgekd.data import load_data
+from edgekd.metrics import count
+from edgekd.runfolder import RunFolder
+from edgekd.stages import StageContext
+from edgekd.stages.prune import prune_to_ratio
+from edgekd.stages.teacher import TeacherSource, default_cache_dir, obtain_teacher
+from edgekd.teacher_logits import TeacherLogits
+from edgekd.train import accuracy
 
 OUT = REPO / "benchmarks" / "out" / "prune_curve.json"
 

@@ -15,21 +15,19 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from benchmarks.distill_losses import mean_std, parse_seeds  # noqa: E402
-from edgekd.checkpoints import load_stage_model  # noqa: E402
-from edgekd.config import load_profile, load_target  # noqa: E402
-from edgekd.data import load_data  # noqa: E402
-from edgekd.losses import DistillationObjective  # noqa: E402
-from edgekd.stages.quantize import quantize_with_nncf  # noqa: E402
-from edgekd.stages.teacher import TeacherSource, default_cache_dir, obtain_teacher  # noqa: E402
-from edgekd.train import TrainPlan, evaluate, fit  # noqa: E402
+from benchmarks.distill_losses import mean_std, parse_seeds
+from edgekd.checkpoints import load_stage_model
+from edgekd.config import load_profile, load_target
+from edgekd.data import load_data
+from edgekd.losses import DistillationObjective
+from edgekd.stages.quantize import quantize_with_nncf
+from edgekd.stages.teacher import TeacherSource, default_cache_dir, obtain_teacher
+from edgekd.train import TrainPlan, evaluate, fit
 
 
 def main() -> None:

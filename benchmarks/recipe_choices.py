@@ -20,15 +20,14 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from edgekd.config import DataConfig, DistillConfig  # noqa: E402
-from edgekd.data import load_data  # noqa: E402
-from edgekd.losses import CrossEntropyObjective, DistillationObjective  # noqa: E402
-from edgekd.metrics import count  # noqa: E402
-from edgekd.models import ModelSpec, create_model, load_teacher, save_checkpoint  # noqa: E402
-from edgekd.teacher_logits import TeacherLogits  # noqa: E402
-from edgekd.train import TrainPlan, accuracy, fit  # noqa: E402
+from edgekd.config import DataConfig, DistillConfig
+from edgekd.data import load_data
+from edgekd.losses import CrossEntropyObjective, DistillationObjective
+from edgekd.metrics import count
+from edgekd.models import ModelSpec, create_model, load_teacher, save_checkpoint
+from edgekd.teacher_logits import TeacherLogits
+from edgekd.train import TrainPlan, accuracy, fit
 
 OUT = REPO / "benchmarks" / "out" / "recipe"
 DKD2 = {"loss": "dkd", "dkd": {"beta": 2.0}}

@@ -16,22 +16,20 @@ import argparse
 import copy
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from edgekd.config import load_profile  # noqa: E402
-from edgekd.data import augmentations, load_data  # noqa: E402
-from edgekd.losses import DistillationObjective  # noqa: E402
-from edgekd.models import create_model  # noqa: E402
-from edgekd.stages.teacher import TeacherSource, default_cache_dir, obtain_teacher  # noqa: E402
-from edgekd.teacher_logits import TeacherLogits, view_count  # noqa: E402
-from edgekd.train import TrainPlan, fit, mixed_precision_dtype  # noqa: E402
+from edgekd.config import load_profile
+from edgekd.data import augmentations, load_data
+from edgekd.losses import DistillationObjective
+from edgekd.models import create_model
+from edgekd.stages.teacher import TeacherSource, default_cache_dir, obtain_teacher
+from edgekd.teacher_logits import TeacherLogits, view_count
+from edgekd.train import TrainPlan, fit, mixed_precision_dtype
 
 OUT = REPO / "benchmarks" / "out" / "teacher_table.json"
 

@@ -19,9 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from edgekd.errors import BadInputError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TARGETS_DIR = REPO_ROOT / "targets"
-PROFILES_DIR = REPO_ROOT / "profiles"
+# package data, so a plain (non-editable) `pip install .` finds them; the repository's top-level
+# targets/ and profiles/ are links to these folders
+TARGETS_DIR = Path(__file__).resolve().parent / "targets"
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 
 Positive = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]

@@ -305,10 +305,12 @@ def _layers(ctx: StageContext, final: dict, onnx_path: Path) -> list[dict]:
     from edgekd.measure.estimate import estimate_layers
 
     if final["latency_ms"]["source"] == "measured":  # on the device, or labelled with --measure-here
-        from edgekd.runtimes.onnxruntime import profile_layers
+        from edgekd.runtimes import backend
 
-        rows = profile_layers(onnx_path, ctx.target.threads, ctx.target.input.batch)
-        return [{**r, "source": "measured"} for r in rows]
+        # the target runtime's own profiler (OpenVINO's layers, not ONNX Runtime's nodes)
+        rows = backend(ctx.target).profile_layers(onnx_path, ctx.target.threads, ctx.target.input.batch)
+        if rows is not None:
+            return [{**r, "source": "measured"} for r in rows]
     rows = estimate_layers(onnx_path, ctx.target, ctx.target.input.batch)
     return sorted(({"name": r.name, "op": r.op, "ms": r.ms, "precision": r.precision, "source": "estimated"}
                    for r in rows), key=lambda r: r["ms"], reverse=True)

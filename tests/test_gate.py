@@ -12,7 +12,7 @@ import pytest
 from edgekd.check import compare
 from edgekd.measure.gate import GATE_THREADS, gate_latency
 from tests.conftest import REPO, edgekd
-from tests.plant import plant_student
+from edgekd.testing import plant_student
 
 BASELINE = REPO / "tests" / "baselines" / "smoke-host-cpu.json"
 CI_TOLERANCE = 0.25  # what tests/test_pipeline.py and the README give `edgekd check --tolerance`

@@ -20,7 +20,7 @@ from edgekd.models import create_model
 from edgekd.runfolder import RunFolder
 from edgekd.stages import StageContext
 from edgekd.stages.prune import make_pruner, prune_to_ratio, reach
-from edgekd.stages.prune_budget import int8_latency, prune_to_budget
+from edgekd.stages.prune.budget import int8_latency, prune_to_budget
 from edgekd.train import TrainPlan, accuracy, fit
 from tests.conftest import REPO, edgekd
 

@@ -103,3 +103,32 @@ class TestOpenVinoIrRunner(RunnerTemplate):
 
         xml, _ = export_openvino_ir(student_onnx, tmp_path / "student.xml")
         return OpenVinoRunner(xml, threads=1)
+
+
+def test_every_runtime_a_target_can_name_has_one_backend():
+    """The registry: each shipped target's runtime is looked up, never asked about by name."""
+    from edgekd.config import TARGETS_DIR, Runtime, load_target
+    from edgekd.runtimes import BACKENDS, backend
+
+    assert set(BACKENDS) == set(Runtime)
+    for path in TARGETS_DIR.glob("*.toml"):
+        target = load_target(path.stem)
+        assert backend(target).runtime is target.runtime
+    assert backend(load_target("host-cpu")).available() == (True, "")
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime-cpu", "openvino-cpu"])
+def test_a_backend_profiles_layers_with_its_own_profiler(runtime, student_onnx):
+    """ONNX Runtime's nodes from its profiler; OpenVINO's fused layers from its performance
+    counters (skipped where openvino is not installed): a report never labels one as the other."""
+    from edgekd.config import Runtime
+    from edgekd.runtimes import BACKENDS
+
+    runtime_backend = BACKENDS[Runtime(runtime)]
+    available, why = runtime_backend.available()
+    if not available:
+        pytest.skip(why)
+    rows = runtime_backend.profile_layers(student_onnx, 1, 1)
+    assert rows and all(r["ms"] >= 0 for r in rows)
+    assert [r["ms"] for r in rows] == sorted((r["ms"] for r in rows), reverse=True)
+    assert any(r["op"] in ("Conv", "Convolution", "FusedConv") for r in rows)

@@ -8,7 +8,7 @@ import torch
 from edgekd.config import DataConfig
 from edgekd.data import labels_of, load_data, stratified_subset
 from edgekd.errors import BadInputError
-from tests.fixtures import write_image_folder
+from edgekd.testing import write_image_folder
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,63 @@
+"""Timing loops and the latency record every runtime fills in the same way."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+
+from edgekd.progress import progress_bar
+
+
+@dataclass(frozen=True)
+class Latency:
+    p50: float
+    p90: float | None  # None for an estimate: a roofline gives a typical time, not a tail
+    p99: float | None
+    source: str  # "measured" or "estimated"
+    runtime: str  # e.g. "onnxruntime-cpu 1.22 (2 threads)", "roofline: jetson-orin-nano int8"
+    batch: int
+    runs: int = 0  # timed runs (0 for an estimate)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def percentiles(samples_ms: list[float]) -> tuple[float, float, float]:
+    p50, p90, p99 = np.percentile(np.asarray(samples_ms), [50, 90, 99])
+    return float(p50), float(p90), float(p99)
+
+
+def time_calls(
+    call: Callable[[], object],
+    *,
+    label: str = "timing",
+    warmup: int = 10,
+    min_runs: int = 50,
+    max_runs: int = 2000,
+    max_seconds: float = 10.0,
+    tolerance: float = 0.05,
+) -> list[float]:
+    """Milliseconds per call: warm-up, then rounds of `min_runs` until p99 moves < `tolerance`
+    between rounds, or a cap on runs or seconds is reached (never fewer than `min_runs`)."""
+    for _ in range(warmup):
+        call()
+    samples: list[float] = []
+    previous_p99 = None
+    started = time.perf_counter()
+    with progress_bar(label, max_runs) as advance:
+        while len(samples) < max_runs:
+            for _ in range(min_runs):
+                t0 = time.perf_counter()
+                call()
+                samples.append((time.perf_counter() - t0) * 1000.0)
+                advance()
+            p99 = percentiles(samples)[2]
+            if previous_p99 is not None and abs(p99 - previous_p99) <= tolerance * previous_p99:
+                break
+            if time.perf_counter() - started > max_seconds:
+                break
+            previous_p99 = p99
+    return samples

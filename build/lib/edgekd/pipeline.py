@@ -1,0 +1,477 @@
+"""`edgekd compress`: teacher -> distill -> prune -> quantize -> export -> verify, in one run folder.
+
+Each stage is fingerprinted by its inputs and config; a completed stage is recorded atomically,
+so `--resume` skips it and a changed profile reruns only what it changed. Under torchrun every
+rank trains, rank 0 alone evaluates and writes, and the others wait for it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgekd import __version__, checkpoints, distributed
+from edgekd.config import Profile, Runtime, fingerprint, load_profile, load_target
+from edgekd.data import DataBundle, load_data
+from edgekd.deploy import INT8_ONNX
+from edgekd.errors import EdgekdError, ExitCode, Interrupted
+from edgekd.measure.accuracy import accuracy_floor, accuracy_verdict, pack_hits
+from edgekd.metrics import count
+from edgekd.models import create_model, require_architecture
+from edgekd.onnx_export import check_parity, export_onnx
+from edgekd.progress import info
+from edgekd.runfolder import atomic_write_json, claim_on_rank0
+from edgekd.stages import StageContext
+from edgekd.stages.distill import DistillStage
+from edgekd.stages.prune import PruneStage
+from edgekd.stages.quantize import QuantizeStage
+from edgekd.stages.teacher import Teacher, TeacherSource, default_cache_dir, obtain_teacher, teacher_counts
+from edgekd.teacher_logits import TeacherLogits
+from edgekd.train import correct_onnx
+from edgekd.measure.target_latency import off_target_label, on_target_device, target_latency
+
+STAGES = (DistillStage(), PruneStage(), QuantizeStage())  # in this order; nothing prunes after QAT
+FP32_ONNX = "student.fp32.onnx"
+EVAL_THREADS = 2  # ONNX Runtime threads for measuring accuracy on the exported files
+REPORT = "report.json"
+
+
+@dataclass
+class CompressOptions:
+    """Everything `edgekd compress` needs, after the CLI and a resumed run's saved options merge."""
+
+    target: str = "jetson-orin"
+    profile: str = "default"
+    data: str | None = None
+    image_size: int = 32
+    teacher: TeacherSource = field(default_factory=TeacherSource)
+    student: str | None = None
+    width: float | None = None
+    seed: int | None = None
+    run_dir: Path | None = None
+    cache_dir: Path | None = None
+    device: str = "auto"  # where training runs: auto (CUDA when available), cpu, cuda, cuda:N
+    measure_here: bool = False  # time on this machine even when it is not the target's device (labelled)
+    resume: bool = False  # run_dir is an earlier run to continue
+    overwrite: bool = False  # run_dir may hold anything: write into it anyway
+
+    def resolved_profile(self) -> Profile:
+        profile = load_profile(self.profile)
+        student = profile.student.model_copy(update={k: v for k, v in
+                                                     {"arch": self.student, "width": self.width}.items() if v is not None})
+        updates = {"student": student}
+        if self.seed is not None:
+            updates["seed"] = self.seed
+        return profile.model_copy(update=updates)
+
+    def as_dict(self) -> dict:
+        return {
+            "target": self.target, "profile": self.profile, "data": self.data, "image_size": self.image_size,
+            "teacher": self.teacher.path_or_name, "teacher_arch": self.teacher.arch,
+            "teacher_weights": self.teacher.weights, "student": self.student, "width": self.width,
+            "seed": self.seed, "device": self.device,
+        }
+
+
+def default_run_dir(target: str) -> Path:
+    return Path("runs") / f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{target}"
+
+
+@dataclass
+class CompressResult:
+    report: dict
+    run_dir: Path
+    exit_code: ExitCode
+
+
+class ExportMismatch(EdgekdError):
+    """The exported file does not compute what the model it came from computes."""
+
+
+def _export(model: nn.Module, ctx: StageContext, path: Path, precision: str) -> None:
+    export_onnx(model, ctx.example, path, ctx.profile.export.opset)
+    if precision == "int8":
+        from edgekd.runtimes.onnxruntime import store_int8_weights
+
+        store_int8_weights(path)
+
+
+def _check_export(model: nn.Module, ctx: StageContext, path: Path, precision: str, stage: str,
+                  enforce: bool = True) -> dict:
+    """Run the file in ONNX Runtime on real images and compare with the model it came from: the
+    INT8 file (all-INT8, with the quantizers placed for the target's runtime) against the
+    fake-quantized model, within the profile's tolerance and top-1 agreement. `enforce=False`: a
+    mixed file computes more exactly than the fake-quantized model (its float layers skip the
+    rounding), so it is not that model; its agreement is recorded, and its accuracy, measured on it
+    right after, is what the accuracy budget judges."""
+    export = ctx.profile.export
+    atol = export.int8_atol if precision == "int8" else export.atol
+    parity = check_parity(model, path, ctx.example, atol)
+    agreement_needed = export.min_top1_agreement if precision == "int8" else 0.0
+    if enforce and (not parity.ok or parity.top1_agreement < agreement_needed):
+        raise ExportMismatch(
+            f"{stage}: the exported {precision.upper()} file {path.name} disagrees with the model it came from: "
+            f"max |logit difference| {parity.max_abs_diff:.3g} (tolerance {atol:g}), top-1 agreement "
+            f"{100 * parity.top1_agreement:.1f}% (needed {100 * agreement_needed:.0f}%)")
+    return parity.as_dict()
+
+
+def record_stage(name: str, model: nn.Module, ctx: StageContext, *, precision: str, counts: tuple[int, int],
+                 seconds: float, details: dict, parent_onnx: Path | None = None) -> dict:
+    """One record for every stage, the teacher included: export the model, check the export,
+    and measure top-1 on the exported file (validation decides, test is reported), so every
+    accuracy in the report is the accuracy of a file that exists. No latency: that belongs to
+    (file, target, machine) and is computed for the run's target when the report is written."""
+    from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner
+
+    path = ctx.run.path(INT8_ONNX if precision == "int8" else f"stages/{name}.onnx")
+    _export(model, ctx, path, precision)
+    if precision == "int8":  # quantizers where the target's runtime fuses them; FP32 where INT8 measures slower
+        from edgekd.precision import fit_int8_to_target
+
+        checked: dict = {}
+        fit = fit_int8_to_target(path, parent_onnx, ctx,
+                                 check=lambda: checked.update(_check_export(model, ctx, path, precision, name)))
+        details = {**details, "runtime_fit": fit}
+        parity = checked
+        if fit.get("layers_kept_float"):
+            parity["mixed"] = _check_export(model, ctx, path, precision, name, enforce=False)
+    else:
+        parity = _check_export(model, ctx, path, precision, name)
+    runner = OnnxRuntimeRunner(path, threads=EVAL_THREADS)
+    val_hits, test_hits = correct_onnx(runner, ctx.data.val), correct_onnx(runner, ctx.data.test)
+    return {
+        "name": name,
+        "precision": precision,
+        "accuracy": float(test_hits.mean()) if len(test_hits) else 0.0,
+        "test_images": len(test_hits),
+        "test_correct": pack_hits(test_hits),  # per test image, for the paired accuracy verdict
+        "val_accuracy": float(val_hits.mean()),
+        "val_images": len(val_hits),
+        "val_correct": pack_hits(val_hits),  # per validation image, for the paired accuracy verdict
+        "params": counts[1],
+        "macs": counts[0],
+        "size_bytes": path.stat().st_size,
+        "onnx": ctx.run.relative(path),
+        "seconds": round(seconds, 2),
+        "details": {**details, "parity": parity},
+    }
+
+
+def _teacher_stage(teacher: Teacher, ctx: StageContext) -> dict:
+    fp = fingerprint("teacher", teacher.fingerprint, ctx.profile.export, ctx.data.splits,
+                     len(ctx.data.val), len(ctx.data.test))
+    done = ctx.run.completed("teacher", fp)
+    if done is not None:
+        return {**done, "resumed": True}
+    record = None
+    if distributed.is_main():
+        started = time.perf_counter()
+        record = record_stage("teacher", teacher.model, ctx, precision="fp32", counts=teacher_counts(teacher.model, ctx.example),
+                              seconds=0.0, details={"origin": teacher.origin, **teacher.details})
+        # the stage's time is obtaining the teacher (training it, on a cold run) plus recording it
+        record["seconds"] = round(teacher.details.get("obtain_seconds", 0.0) + time.perf_counter() - started, 2)
+        ctx.run.mark_done("teacher", fp, record, [ctx.run.root / record["onnx"]])
+    return distributed.broadcast(record)
+
+
+def _run_stages(model: nn.Module, ctx: StageContext, chain_fp: str) -> tuple[nn.Module, list[dict]]:
+    records = []
+    last_counts = None
+    for stage in STAGES:
+        if not stage.enabled(ctx.profile):
+            continue
+        fp = fingerprint(chain_fp, stage.name, stage.config(ctx.profile, ctx.target))
+        checkpoint = ctx.run.path(f"checkpoints/{stage.name}.pt")
+        done = ctx.run.completed(stage.name, fp)
+        if done is not None:
+            info(f"{stage.name}: complete in {ctx.run.root}, skipped")
+            if checkpoint.is_file():
+                model = checkpoints.load_model(checkpoint, like=model)
+            records.append({**done, "resumed": True})
+            last_counts = (done["macs"], done["params"])
+            chain_fp = fp
+            continue
+        started = time.perf_counter()
+        output = stage.run(model, replace(ctx, fingerprint=fp))
+        seconds = time.perf_counter() - started
+        record = None
+        if distributed.is_main():
+            # a quantized graph counts as the FP32 graph it was made from
+            counts = (last_counts or count(model, ctx.example)) if output.precision == "int8" \
+                else count(output.model, ctx.example)
+            record = record_stage(stage.name, output.model, ctx, precision=output.precision, counts=counts,
+                                  seconds=seconds, details=output.details,
+                                  parent_onnx=ctx.run.root / records[-1]["onnx"] if records else None)
+            files = [ctx.run.root / record["onnx"]]
+            if output.precision == "fp32":
+                checkpoints.save_model(output.model, checkpoint)
+                files.append(checkpoint)
+            ctx.run.mark_done(stage.name, fp, record, files)
+            ctx.run.path(f"progress/{stage.name}.pt").unlink(missing_ok=True)
+        record = distributed.broadcast(record)
+        records.append({**record, "resumed": False})
+        last_counts = (record["macs"], record["params"])
+        model = output.model
+        chain_fp = fp
+    return model, records
+
+
+def _budget(ctx: StageContext, records: list[dict], latency: dict, note: str) -> dict:
+    """Both budgets, side by side: latency (and memory) on the target, and top-1 against the teacher."""
+    from edgekd.measure.budget import budget_verdict
+
+    budget = budget_verdict(ctx.target, latency, records[-1]["size_bytes"], note)
+    accuracy = accuracy_verdict(records, ctx.profile, ctx.target)
+    budget["accuracy"] = accuracy
+    budget["teacher"] = _against_teacher(ctx.target, records[0], records[-1], latency)
+    budget["checks"]["accuracy"] = accuracy["state"] != "MISSED"  # NOT SHOWN is no miss, and no MET either
+    budget["met"] = all(budget["checks"].values()) and accuracy["state"] == "MET"
+    budget["state"] = "MISSED" if not all(budget["checks"].values()) else accuracy["state"]
+    budget["not_shown_passes"] = ctx.profile.accuracy.not_shown == "pass"
+    fit = next((r["details"]["budget_fit"] for r in records if "budget_fit" in r.get("details", {})), None)
+    if fit is not None:
+        budget["pruning"] = pruning_line(fit, budget)
+    return budget
+
+
+def pruning_line(fit: dict, budget: dict) -> dict:
+    """Budget pruning's own account, worded so it cannot contradict the verdict: pruning that
+    stopped short of its margin is a note when the shipped student meets the budget all the same,
+    and the named reason of the miss when it does not. The exit code follows `budget["met"]` only."""
+    latency_met = all(v for k, v in budget["checks"].items() if k != "accuracy")
+    if fit["met"]:
+        state, line = "fitted", fit["message"]
+    elif latency_met:
+        state, line = "note", (f"note: {fit['message']}; the shipped student meets the latency budget all the same "
+                               f"(the margin is headroom pruning aims for, not the budget)")
+    else:
+        state, line = "missed", f"latency MISSED because {fit['message']}"
+    return {"state": state, "line": line}
+
+
+def _against_teacher(target, teacher: dict, student: dict, student_latency: dict) -> dict:
+    """What compression bought: whether the teacher as given (its own file, on the same target, same
+    source) already meets the latency budget, and the shipped student's speed-up and accuracy cost."""
+    teacher_ms, student_ms, limit = teacher["latency_ms"]["p50"], student_latency["p50"], target.budget_p50_ms
+    meets = None if limit is None else teacher_ms <= limit
+    speedup = teacher_ms / student_ms if student_ms > 0 else float("inf")
+    cost = 100 * (teacher["val_accuracy"] - student["val_accuracy"])
+    fits = "has no p50 budget to meet" if limit is None else f"{'meets' if meets else 'misses'} the {limit:g} ms budget"
+    line = (f"against the teacher: the teacher alone runs {teacher_ms:.3f} ms p50 ({teacher['precision'].upper()}, "
+            f"{teacher['latency_ms']['source']}) and {fits}; the student is {speedup:.1f}x faster and "
+            f"{'loses' if cost >= 0 else 'gains'} {abs(cost):.2f} points of validation top-1")
+    if meets:
+        line += "; the teacher already fits, so compression bought headroom, not the fit"
+    return {"p50_ms": teacher_ms, "student_p50_ms": student_ms, "source": teacher["latency_ms"]["source"], "precision": teacher["precision"],
+            "meets_budget": meets, "student_speedup": speedup, "accuracy_cost_points": cost, "line": line}
+
+
+def _latencies(ctx: StageContext, records: list[dict], measure_here: bool) -> list[dict]:
+    """Every stage's latency for this run's target on this machine, from its saved ONNX file: so a
+    run resumed with another target reports that target's numbers, never the old one's."""
+    return [{**record, **target_latency(ctx.run.root / record["onnx"], ctx.target, label=f"{record['name']} latency",
+                                        measure_here=measure_here).as_record()} for record in records]
+
+
+def gate_subject(root: Path, final: dict) -> Path:
+    """The file the CI gate times: the final student as an all-INT8 graph, like its reference. Where
+    layers were kept float by timing on this CPU (precision.fit_int8_to_target), that is the graph
+    before they were: the same file on every CPU, where the shipped one is not."""
+    kept = (final.get("details") or {}).get("runtime_fit", {}).get("all_int8_onnx")
+    return root / (kept or final["onnx"])
+
+
+def _reference(ctx: StageContext, student_onnx: Path) -> dict:
+    """What the CI gate compares: the student timed beside a fixed reference that scales like it
+    (edgekd.measure.gate), so the ratio is comparable across machines where milliseconds are not."""
+    from edgekd.measure.gate import build_reference, gate_latency, reference_description
+
+    scheme = ctx.target.activation_scheme
+    path, macs = build_reference(ctx.run.path("stages/reference.onnx"), ctx.data.num_classes, ctx.data.input_shape,
+                                 scheme, ctx.profile.export.opset)
+    return {"model": reference_description(scheme), "macs": macs, "onnx": ctx.run.relative(path),
+            "student_onnx": ctx.run.relative(student_onnx), **gate_latency(student_onnx, path)}
+
+
+def _layers(ctx: StageContext, final: dict, onnx_path: Path) -> list[dict]:
+    from edgekd.measure.estimate import estimate_layers
+
+    if final["latency_ms"]["source"] == "measured":  # on the device, or labelled with --measure-here
+        from edgekd.runtimes.onnxruntime import profile_layers
+
+        rows = profile_layers(onnx_path, ctx.target.threads, ctx.target.input.batch)
+        return [{**r, "source": "measured"} for r in rows]
+    rows = estimate_layers(onnx_path, ctx.target, ctx.target.input.batch)
+    return sorted(({"name": r.name, "op": r.op, "ms": r.ms, "precision": r.precision, "source": "estimated"}
+                   for r in rows), key=lambda r: r["ms"], reverse=True)
+
+
+def saved_options(run_dir: Path) -> dict:
+    """The options a run was started with, so `--resume RUN_DIR` alone repeats the same command."""
+    from edgekd.errors import BadInputError
+
+    path = Path(run_dir) / "options.json"
+    if not path.is_file():
+        raise BadInputError(f"{run_dir} is not an edgekd run folder (no options.json)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8
+        raise BadInputError(f"{path}: unreadable ({str(err).splitlines()[0][:160]})") from None
+
+
+def compress(options: CompressOptions) -> CompressResult:
+    claimed: dict = {}  # the run folder and its lock, once claimed
+    try:
+        return _compress(options, claimed)
+    except KeyboardInterrupt:
+        run_dir = claimed.get("run_dir", options.run_dir)
+        raise Interrupted(f"interrupted; completed stages and the last epoch checkpoint are kept in {run_dir}. "
+                          f"Resume with: edgekd compress --resume {run_dir}") from None
+    finally:
+        if claimed.get("lock") is not None:
+            claimed["lock"].release()
+
+
+def _compress(options: CompressOptions, claimed: dict) -> CompressResult:
+    distributed.init_from_env(options.device)
+    target = load_target(options.target)
+    profile = options.resolved_profile()
+    require_architecture(profile.student.arch)  # a typo fails now, not after the teacher trains
+    data = load_data(options.data, profile.data, options.image_size, profile.seed)
+    run, claimed["lock"] = claim_on_rank0(options.run_dir, default_run_dir(options.target),
+                                          resume=options.resume, overwrite=options.overwrite)
+    run_dir = claimed["run_dir"] = run.root
+    options = replace(options, run_dir=run_dir)
+    checkpoints.refuse_unsafe(run_dir)  # an older edgekd's pickled modules: refused before any work
+    if distributed.is_main():
+        atomic_write_json(run.path("options.json"), options.as_dict())
+        atomic_write_json(run.path("config.json"), {"target": target.model_dump(mode="json"),
+                                                    "profile": profile.model_dump(mode="json")})
+    distributed.barrier()
+    started = time.perf_counter()
+    teacher = obtain_teacher(options.teacher, profile, data, Path(options.cache_dir or default_cache_dir()))
+    teacher.details["obtain_seconds"] = round(time.perf_counter() - started, 2)  # trained, or loaded
+    example = torch.stack([data.val[i][0] for i in range(min(256, len(data.val)))])
+    ctx = StageContext(profile, target, data, teacher.model, run, example,
+                       teacher_logits=TeacherLogits(teacher.model, data.train, data.num_classes))
+    records = [_teacher_stage(teacher, ctx)]
+    ctx = replace(ctx, accuracy_floor=accuracy_floor(records[0]["val_accuracy"], profile, target))
+    torch.manual_seed(profile.seed)
+    student = create_model(profile.student.arch, data.num_classes, data.input_shape, profile.student.width)
+    chain_fp = fingerprint(teacher.fingerprint, data.name, data.splits, len(data.train), len(data.val),
+                           len(data.test), data.input_shape, *profile.arithmetic)
+    _, stage_records = _run_stages(student, ctx, chain_fp)
+    records += stage_records
+    report = None
+    if distributed.is_main():
+        report = _finish(ctx, records, options, data, time.perf_counter() - started)
+    distributed.barrier()
+    report = distributed.broadcast(report)
+    code = exit_code(report["budget"])
+    return CompressResult(report, run_dir, code)
+
+
+def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, data: DataBundle, seconds: float) -> dict:
+    run, target = ctx.run, ctx.target
+    records = _latencies(ctx, records, options.measure_here)
+    fp32 = [r for r in records if r["name"] in ("distill", "prune")][-1]
+    shutil.copyfile(run.root / fp32["onnx"], run.path(FP32_ONNX))
+    artifacts = {"student_fp32_onnx": FP32_ONNX, "student_int8_onnx": None}
+    final = records[-1]
+    if final["name"] == "quantize":
+        artifacts["student_int8_onnx"] = final["onnx"]
+    final_onnx = run.root / final["onnx"]
+    artifacts.update({f"checkpoint_{r['name']}": f"checkpoints/{r['name']}.pt" for r in records
+                      if (run.root / f"checkpoints/{r['name']}.pt").is_file()})
+    budget_latency, budget_note, tensorrt, shipped, budget_records = final["latency_ms"], final["latency_note"], None, None, records
+    if artifacts["student_int8_onnx"]:  # INT8 or FP32: whichever runs faster on the target ships
+        from edgekd.precision import ship
+
+        shipped, shipped_record, ir_files = ship(run.root, target, fp32, final, options.measure_here)
+        artifacts.update(ir_files)
+        if shipped_record is not final:  # FP32 ships: the budgets judge its latency, size and accuracy
+            budget_latency, budget_note, budget_records = shipped_record["latency_ms"], shipped_record["latency_note"], \
+                [*records[:-1], shipped_record]
+    if target.runtime is Runtime.TENSORRT and artifacts["student_int8_onnx"]:
+        from edgekd.deploy import CHECK_IMAGES, prepare_engine
+
+        tensorrt = prepare_engine(run.root, target, final_onnx, ctx.example.numpy())
+        artifacts.update({"engine": tensorrt["engine"], "build_script": tensorrt["build_script"],
+                          "engine_check_images": CHECK_IMAGES})
+        on_device = on_target_device(target)[0]
+        if tensorrt["engine_latency_ms"] is not None and (on_device or options.measure_here):
+            # a measured, parity-checked engine on the device (or labelled): the budget uses it
+            budget_latency, budget_note = tensorrt["engine_latency_ms"], "" if on_device else off_target_label(target)
+    from edgekd.export.ort_format import write_ort_format  # mobile targets: student.int8.ort, checked
+
+    ort_format = write_ort_format(run.root, target, artifacts["student_int8_onnx"], ctx.example.numpy(), ctx.profile.export)
+    artifacts["student_int8_ort"] = ort_format["file"] if ort_format else None
+    report = {
+        "status": "complete",  # `edgekd check` refuses any other; a run in progress has no report.json
+        "run_id": run.run_id,
+        "edgekd_version": __version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "target": {"name": target.name, "runtime": target.runtime.value, "precision": target.precision.value,
+                   "activations": target.activation_scheme.value, "batch": target.input.batch,
+                   "threads": target.threads, "machine": target.machine, "device": target.device.label,
+                   "on_device": on_target_device(target)[0]},
+        "profile": ctx.profile.name,
+        "training": {"device": str(distributed.device()), "processes": distributed.world_size()},
+        "dataset": {"name": data.name, "train": len(data.train), "val": len(data.val), "test": len(data.test),
+                    "splits": data.splits, "classes": data.classes, "input_shape": list(data.input_shape)},
+        "stages": records,
+        "student": {"stage": final["name"], "onnx": final["onnx"]},
+        "budget": _budget(ctx, budget_records, budget_latency, budget_note),
+        "shipped": shipped,
+        "tensorrt": tensorrt,
+        "ort_format": ort_format,
+        "reference": _reference(ctx, gate_subject(run.root, final)),
+        "layers": _layers(ctx, final, final_onnx),
+        "artifacts": artifacts,
+        "seconds": round(seconds, 1),
+    }
+    if shipped and shipped["warning"]:
+        report["budget"]["verdict"] += f". {shipped['warning']}"
+    from edgekd.report_html import ACCURACY_LATENCY_PNG, LAYERS_PNG, REPORT_HTML, write_html
+
+    artifacts.update({"report_json": REPORT, "report_html": REPORT_HTML,
+                      "plot_accuracy_latency": ACCURACY_LATENCY_PNG, "plot_layers": LAYERS_PNG})
+    write_html(report, run.root)
+    atomic_write_json(run.path(REPORT), report)
+    return report
+
+
+def exit_code(budget: dict) -> ExitCode:
+    """MET 0, MISSED 3, NOT SHOWN 6 (0 where the profile says `[accuracy] not_shown = "pass"`)."""
+    state = budget.get("state") or ("MET" if budget["met"] else "MISSED")  # reports from before the three states
+    if state == "MET" or (state == "NOT SHOWN" and budget.get("not_shown_passes")):
+        return ExitCode.OK
+    return ExitCode.NOT_SHOWN if state == "NOT SHOWN" else ExitCode.BUDGET_MISSED
+
+
+def budget_fit(report: dict) -> dict | None:
+    """The prune stage's budget record (goal = "budget"): whether pruning fitted the target's budget
+    within the accuracy floor, with both numbers; None for other goals."""
+    for stage in report["stages"]:
+        if "budget_fit" in stage.get("details", {}):
+            return stage["details"]["budget_fit"]
+    return None
+
+
+def read_report(path: Path) -> dict:
+    from edgekd.errors import BadInputError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInputError(f"report not found: {path}") from None
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8
+        raise BadInputError(f"{path}: not a readable report.json ({err})") from None
