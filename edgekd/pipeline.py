@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from edgekd import __version__, checkpoints, distributed
-from edgekd.config import Profile, Runtime, fingerprint, load_profile, load_target
+from edgekd.config import Profile, fingerprint, load_profile, load_target
 from edgekd.data import DataBundle, load_data
 from edgekd.deploy import INT8_ONNX
 from edgekd.errors import EdgekdError, ExitCode, Interrupted
@@ -28,6 +28,7 @@ from edgekd.models import create_model, require_architecture
 from edgekd.onnx_export import check_parity, export_onnx
 from edgekd.progress import info
 from edgekd.runfolder import atomic_write_json, claim_on_rank0
+from edgekd.runtimes import backend
 from edgekd.stages import StageContext
 from edgekd.stages.distill import DistillStage
 from edgekd.stages.prune import PruneStage
@@ -305,8 +306,6 @@ def _layers(ctx: StageContext, final: dict, onnx_path: Path) -> list[dict]:
     from edgekd.measure.estimate import estimate_layers
 
     if final["latency_ms"]["source"] == "measured":  # on the device, or labelled with --measure-here
-        from edgekd.runtimes import backend
-
         # the target runtime's own profiler (OpenVINO's layers, not ONNX Runtime's nodes)
         rows = backend(ctx.target).profile_layers(onnx_path, ctx.target.threads, ctx.target.input.batch)
         if rows is not None:
@@ -402,7 +401,7 @@ def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, da
         if shipped_record is not final:  # FP32 ships: the budgets judge its latency, size and accuracy
             budget_latency, budget_note, budget_records = shipped_record["latency_ms"], shipped_record["latency_note"], \
                 [*records[:-1], shipped_record]
-    if target.runtime is Runtime.TENSORRT and artifacts["student_int8_onnx"]:
+    if backend(target).needs_engine and artifacts["student_int8_onnx"]:  # TensorRT: engine and build script
         from edgekd.deploy import CHECK_IMAGES, prepare_engine
 
         tensorrt = prepare_engine(run.root, target, final_onnx, ctx.example.numpy())

@@ -25,6 +25,11 @@ class Backend(abc.ABC):
 
     runtime: Runtime
     needs_engine = False  # TensorRT times a built engine, not the ONNX file
+    engine_from_int8 = False  # its deployable is built from the INT8 graph, whichever file is faster
+    places_int8_itself = True  # NNCF's Q/DQ placement fits it; False: edgekd re-places them (ORT)
+    float_precision = "fp32"  # what its float layers run in on an INT8 target (TensorRT: fp16)
+    mobile_format = False  # an Arm build of it reads a mobile file format (ORT's .ort)
+    reads_ir = False  # it runs OpenVINO IR (.xml + .bin)
 
     @abc.abstractmethod
     def available(self) -> tuple[bool, str]:
@@ -38,9 +43,15 @@ class Backend(abc.ABC):
         """[{name, op, ms}] slowest first, from the runtime's own profiler; None where it has none here."""
         return None
 
+    def write_deployables(self, root: Path, onnx_files: dict[str, Path]) -> dict[str, str]:
+        """The runtime's own files beside the shipped ONNX ones ({precision: path}); report names."""
+        return {}
+
 
 class OnnxRuntimeBackend(Backend):
     runtime = Runtime.ONNXRUNTIME_CPU
+    places_int8_itself = False  # export.ort_qdq moves Q/DQ where ORT fuses them
+    mobile_format = True
 
     def available(self) -> tuple[bool, str]:
         return True, ""  # a core dependency
@@ -58,6 +69,7 @@ class OnnxRuntimeBackend(Backend):
 
 class OpenVinoBackend(Backend):
     runtime = Runtime.OPENVINO_CPU
+    reads_ir = True
 
     def available(self) -> tuple[bool, str]:
         from edgekd.runtimes.openvino import openvino_available
@@ -74,10 +86,22 @@ class OpenVinoBackend(Backend):
 
         return profile_layers(model, threads, batch)
 
+    def write_deployables(self, root: Path, onnx_files: dict[str, Path]) -> dict[str, str]:
+        """OpenVINO IR (.xml + .bin) of each shipped ONNX file."""
+        from edgekd.export.openvino_ir import export_openvino_ir
+
+        files = {}
+        for precision, source in onnx_files.items():
+            xml, weights = export_openvino_ir(source, root / f"student.{precision}.xml")
+            files.update({f"openvino_{precision}_xml": xml.name, f"openvino_{precision}_bin": weights.name})
+        return files
+
 
 class TensorRTBackend(Backend):
     runtime = Runtime.TENSORRT
     needs_engine = True
+    engine_from_int8 = True
+    float_precision = "fp16"
 
     def available(self) -> tuple[bool, str]:
         from edgekd.runtimes.tensorrt import tensorrt_available
