@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,7 +27,7 @@ from edgekd.metrics import count
 from edgekd.models import create_model, require_architecture
 from edgekd.onnx_export import check_parity, export_onnx
 from edgekd.progress import info
-from edgekd.runfolder import atomic_write_json, claim_on_rank0
+from edgekd.runfolder import atomic_write_bytes, atomic_write_json, claim_on_rank0
 from edgekd.stages import StageContext
 from edgekd.stages.distill import DistillStage
 from edgekd.stages.prune import PruneStage
@@ -323,6 +323,7 @@ def _compress(options: CompressOptions, claimed: dict) -> CompressResult:
     target = load_target(options.target)
     profile = options.resolved_profile()
     require_architecture(profile.student.arch)  # a typo fails now, not after the teacher trains
+    _check_teacher_file(options.teacher)  # a FIFO or /dev/zero is refused before anything opens it
     data = load_data(options.data, profile.data, options.image_size, profile.seed)
     run, claimed["lock"] = claim_on_rank0(options.run_dir, default_run_dir(options.target),
                                           resume=options.resume, overwrite=options.overwrite)
@@ -359,11 +360,20 @@ def _compress(options: CompressOptions, claimed: dict) -> CompressResult:
     return CompressResult(report, run_dir, code)
 
 
+def _check_teacher_file(source: TeacherSource) -> None:
+    from edgekd.teacher_files import require_regular_file
+
+    if source.path_or_name is not None and os.path.lexists(source.path_or_name):
+        require_regular_file(Path(source.path_or_name))
+    if source.weights is not None and os.path.lexists(source.weights):
+        require_regular_file(Path(source.weights), "teacher weights")
+
+
 def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, data: DataBundle, seconds: float) -> dict:
     run, target = ctx.run, ctx.target
     records = _latencies(ctx, records, options.measure_here)
     fp32 = [r for r in records if r["name"] in ("distill", "prune")][-1]
-    shutil.copyfile(run.root / fp32["onnx"], run.path(FP32_ONNX))
+    atomic_write_bytes(run.path(FP32_ONNX), (run.root / fp32["onnx"]).read_bytes())
     artifacts = {"student_fp32_onnx": FP32_ONNX, "student_int8_onnx": None}
     final = records[-1]
     if final["name"] == "quantize":

@@ -22,6 +22,7 @@ import numpy as np
 
 from edgekd.config import Precision, Runtime, Target
 from edgekd.measure.latency import Latency, percentiles, time_calls
+from edgekd.runfolder import atomic_write_bytes
 
 # interleaved timing for the decision: short rounds, pooled (see measure_side_by_side)
 TIMING = {"warmup": 5, "min_runs": 30, "max_runs": 200, "max_seconds": 2.0}
@@ -212,7 +213,7 @@ def fit_int8_to_target(int8_path: Path, fp32_path: Path | None, ctx, check=lambd
             details.update(facts)
             if keep:  # the CI gate times this one: which layers stay float depends on the CPU
                 kept = Path(int8_path).with_name(f"{Path(int8_path).stem}.all-int8.onnx")
-                kept.write_bytes(all_int8)
+                atomic_write_bytes(kept, all_int8)
                 details["all_int8_onnx"] = ctx.run.relative(kept)
         details["layers_kept_float"] = keep
     else:
@@ -239,7 +240,7 @@ def _mix_if_faster(int8_path: Path, calibration: np.ndarray, keep: list[str],
             place_for_onnxruntime(unpadded, calibration, keep_float=keep, pad_channels=False)
             pays, facts["channel_padding"] = _padding_pays(Path(int8_path), unpadded, target)
             if not pays:
-                Path(int8_path).write_bytes(unpadded.read_bytes())
+                atomic_write_bytes(Path(int8_path), unpadded.read_bytes())
                 facts["channels_padded"] = []
         runners = {"mixed": _runner(Path(int8_path), target), "int8": _runner(all_int8, target)}
         latency = measure_runners_side_by_side(runners, target.input.batch, TIMING, ROUNDS)
@@ -248,7 +249,7 @@ def _mix_if_faster(int8_path: Path, calibration: np.ndarray, keep: list[str],
                    f"at batch {target.input.batch}, measured side by side")
         if mixed_ms < int8_ms:
             return keep, {**facts, "mixed_precision": f"chosen: {figures}"}
-        Path(int8_path).write_bytes(all_int8.read_bytes())
+        atomic_write_bytes(Path(int8_path), all_int8.read_bytes())
     return [], {"channels_padded": [], "mixed_precision": f"not chosen (the whole file was not faster): {figures}"}
 
 

@@ -321,12 +321,12 @@ CASES = {
     "checkpoint teacher for other images": (lambda t: _compress(t, teacher=_teacher(t, shape=(1, 28, 28))),
                                             BAD_INPUT, "was built for 1x28x28 images, the data is 1x8x8", ()),
     "TorchScript teacher with other classes": (
-        lambda t: _compress(t, teacher=_scripted(t, create_model("edgekd_cnn", 10, (1, SIZE, SIZE), 0.25))),
+        lambda t: _compress(t, "--trust-torchscript", teacher=_scripted(t, create_model("edgekd_cnn", 10, (1, SIZE, SIZE), 0.25))),
         BAD_INPUT, "has 10 outputs, the data has 2 classes", ()),
     "TorchScript teacher for colour images": (
-        lambda t: _compress(t, teacher=_scripted(t, create_model("edgekd_cnn", 2, (3, SIZE, SIZE), 0.25))),
+        lambda t: _compress(t, "--trust-torchscript", teacher=_scripted(t, create_model("edgekd_cnn", 2, (3, SIZE, SIZE), 0.25))),
         BAD_INPUT, "does not take the data's images (a batch of (4, 1, 8, 8))", ()),
-    "TorchScript teacher returning feature maps": (lambda t: _compress(t, teacher=_scripted(t, _Features())),
+    "TorchScript teacher returning feature maps": (lambda t: _compress(t, "--trust-torchscript", teacher=_scripted(t, _Features())),
                                                    BAD_INPUT, "returns (4, 4, 6, 6) for a batch of 4", ()),
     "torch.export teacher with a fixed batch": (lambda t: _compress(t, teacher=_exported(t, dynamic_batch=False)),
                                                 BAD_INPUT, "exported with a fixed batch of 2", ()),

@@ -43,6 +43,7 @@ class TeacherSource:
     path_or_name: str | None = None
     arch: str | None = None  # for a bare state dict
     weights: str | None = None  # for a named architecture
+    trust_torchscript: bool = False  # TorchScript is code: loaded only when the user says so, never saved
 
 
 @dataclass
@@ -56,7 +57,8 @@ class Teacher:
 
 def obtain_teacher(source: TeacherSource, profile: Profile, data: DataBundle, cache_dir: Path) -> Teacher:
     if source.path_or_name is not None:
-        model, spec = load_teacher(source.path_or_name, data.num_classes, data.input_shape, source.arch, source.weights)
+        model, spec = load_teacher(source.path_or_name, data.num_classes, data.input_shape, source.arch, source.weights,
+                                   source.trust_torchscript)
         check_teacher(model, spec, data, source.path_or_name)
         file = Path(source.path_or_name)
         identity = {"file": str(file.resolve()), "size": file.stat().st_size, "mtime": file.stat().st_mtime} \
