@@ -111,30 +111,32 @@ def compress(
 
 
 def print_report(report: dict, run_dir: Path, boxed: bool | None = None) -> None:
+    from rich.markup import escape  # user text (names, paths) is never markup
+
     table, notes = listing.stage_table(report, listing.wants_box(out, boxed))
-    out.print(f"edgekd: {report['profile']} profile -> {report['target']['name']}", highlight=False)
+    out.print(f"edgekd: {report['profile']} profile -> {report['target']['name']}", highlight=False, markup=False)
     listing.print_table(out, table)
     for note in notes:
-        out.print(note, highlight=False)
+        out.print(note, highlight=False, markup=False)
     runtimes = sorted({s["latency_ms"]["runtime"] for s in report["stages"]})
-    out.print(f"latency: {'; '.join(runtimes)}; batch {report['target']['batch']}", highlight=False)
+    out.print(f"latency: {'; '.join(runtimes)}; batch {report['target']['batch']}", highlight=False, markup=False)
     for note in sorted({s["latency_note"] for s in report["stages"] if s.get("latency_note")}):
         out.print(f"latency note: {note}", markup=False, highlight=False)
     budget = report["budget"]
     latency_met = all(v for k, v in budget["checks"].items() if k != "accuracy")
     # verdicts are one line each, never wrapped: CI logs grep them
-    out.print(("[green]" if latency_met else "[red]") + budget["verdict"], highlight=False, soft_wrap=True)
+    out.print(("[green]" if latency_met else "[red]") + escape(budget["verdict"]), highlight=False, soft_wrap=True)
     if "accuracy" in budget:
-        out.print(("[green]" if budget["accuracy"]["met"] else "[red]") + budget["accuracy"]["verdict"],
+        out.print(("[green]" if budget["accuracy"]["met"] else "[red]") + escape(budget["accuracy"]["verdict"]),
                   highlight=False, soft_wrap=True)
     if "teacher" in budget:
-        out.print(budget["teacher"]["line"], highlight=False, soft_wrap=True)
+        out.print(budget["teacher"]["line"], highlight=False, soft_wrap=True, markup=False)
     from edgekd.pipeline import budget_fit
 
     fitted = budget_fit(report)
     if fitted is not None:
-        out.print(("[green]" if fitted["met"] else "[red]") + fitted["message"], soft_wrap=True, highlight=False)
-    out.print(f"run folder: {run_dir}  (open {run_dir / 'report.html'})", highlight=False)
+        out.print(("[green]" if fitted["met"] else "[red]") + escape(fitted["message"]), soft_wrap=True, highlight=False)
+    out.print(f"run folder: {run_dir}  (open {run_dir / 'report.html'})", highlight=False, markup=False)
 
 
 @targets_app.command("list")
@@ -149,7 +151,7 @@ def targets_list(as_json: JsonFlag = False, box: BoxFlag = None) -> None:
     table, notes = listing.targets_table(targets, listing.wants_box(out, box))
     listing.print_table(out, table)
     for note in notes:
-        out.print(note, highlight=False)
+        out.print(note, highlight=False, markup=False)
 
 
 @targets_app.command("show")
@@ -239,7 +241,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run folder holding re
     """Re-render report.html and its plots from a run folder's report.json (after an upgrade, say)."""
     from edgekd.report_html import render_run
 
-    out.print(f"wrote {render_run(run_dir)}", highlight=False)
+    out.print(f"wrote {render_run(run_dir)}", highlight=False, markup=False)
 
 
 @app.command("build-engine")
@@ -247,7 +249,7 @@ def build_engine(run_dir: Annotated[Path, typer.Argument(help="A run folder hold
     """On the device: build the TensorRT engine for a run folder and measure it against the budget."""
     from edgekd.deploy import build_engine_for_run
 
-    out.print(build_engine_for_run(run_dir))
+    out.print(build_engine_for_run(run_dir), highlight=False, markup=False)
 
 
 def _bad(message: str) -> EdgekdError:
@@ -268,6 +270,15 @@ def one_line(message: str) -> str:
         head, sep, rest = last.partition(": ")
         return rest if sep and "." in head and " " not in head else last
     return " ".join(lines)
+
+
+OUT_OF_MEMORY = ("out of memory", "failed to allocate memory", "can't allocate memory", "cannot allocate memory")
+
+
+def _out_of_memory(message: str) -> bool:
+    """torch says it in its own words: CUDA's "out of memory", the CPU allocator's
+    "DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes"."""
+    return any(words in message.lower() for words in OUT_OF_MEMORY)
 
 
 def _terminate(signum, _frame):
@@ -293,15 +304,20 @@ def run(argv: list[str] | None = None) -> int:
         err.print(f"edgekd: error: an input file is not UTF-8 text ({error.reason} at byte {error.start})",
                   highlight=False, soft_wrap=True, markup=False)
         return int(ExitCode.BAD_INPUT)
+    except UnicodeEncodeError as error:  # a name that is not UTF-8 reached a writer: the net under them
+        bad = error.object[error.start:error.end] if isinstance(error.object, str) else ""
+        err.print(f"edgekd: error: a file or folder name is not valid UTF-8 (near {bad.encode('utf-8', 'backslashreplace')!r}); "
+                  "rename it", highlight=False, soft_wrap=True, markup=False)
+        return int(ExitCode.BAD_INPUT)
     except RuntimeError as error:
-        if "out of memory" not in str(error).lower() and "failed to allocate memory" not in str(error).lower():
+        if not _out_of_memory(str(error)):
             raise  # a bug: the traceback is the report
         err.print(f"edgekd: error: out of memory ({one_line(str(error))[:200]}); use a smaller batch or image size",
                   highlight=False, soft_wrap=True, markup=False)
         return int(ExitCode.ENVIRONMENT)
     except (KeyboardInterrupt, typer.Abort):
         err.print("edgekd: interrupted; completed stages and the last epoch checkpoint are kept. "
-                  "Resume with: edgekd compress --resume RUN_DIR", highlight=False, soft_wrap=True)
+                  "Resume with: edgekd compress --resume RUN_DIR", highlight=False, soft_wrap=True, markup=False)
         return int(ExitCode.INTERRUPTED)
     except typer.Exit as done:
         return done.exit_code

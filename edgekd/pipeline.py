@@ -190,7 +190,7 @@ def _run_stages(model: nn.Module, ctx: StageContext, chain_fp: str) -> tuple[nn.
         checkpoint = ctx.run.path(f"checkpoints/{stage.name}.pt")
         done = ctx.run.completed(stage.name, fp)
         if done is not None:
-            info(f"{stage.name}: complete in {ctx.run.root}, skipped")
+            info(f"{stage.name}: complete in ", user_text=f"{ctx.run.root}, skipped")
             if checkpoint.is_file():
                 model = checkpoints.load_model(checkpoint, like=model)
             records.append({**done, "resumed": True})
@@ -324,6 +324,9 @@ def _compress(options: CompressOptions, claimed: dict) -> CompressResult:
     profile = options.resolved_profile()
     require_architecture(profile.student.arch)  # a typo fails now, not after the teacher trains
     _check_teacher_file(options.teacher)  # a FIFO or /dev/zero is refused before anything opens it
+    for what, path in (("--run-dir", options.run_dir), ("--cache-dir", options.cache_dir),
+                       ("--teacher", options.teacher.path_or_name), ("--teacher-weights", options.teacher.weights)):
+        _require_utf8(what, path)
     data = load_data(options.data, profile.data, options.image_size, profile.seed)
     run, claimed["lock"] = claim_on_rank0(options.run_dir, default_run_dir(options.target),
                                           resume=options.resume, overwrite=options.overwrite)
@@ -358,6 +361,21 @@ def _compress(options: CompressOptions, claimed: dict) -> CompressResult:
     met = report["budget"]["met"] and (fitted is None or fitted["met"])
     code = ExitCode.OK if met else ExitCode.BUDGET_MISSED
     return CompressResult(report, run_dir, code)
+
+
+def _require_utf8(what: str, path: object) -> None:
+    """ONNX export and TorchScript take file names as UTF-8 strings: a name that is not valid UTF-8
+    (Python keeps its bytes as surrogates) is refused up front, not by a traceback mid-run."""
+    from edgekd.errors import BadInputError
+
+    if path is None:
+        return
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise BadInputError(f"{what} {shown}: the name is not valid UTF-8, which the ONNX and torch writers "
+                            "edgekd uses cannot open; rename it") from None
 
 
 def _check_teacher_file(source: TeacherSource) -> None:

@@ -69,7 +69,8 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+    # a file name that is not UTF-8 (kept by Python as surrogates) is written escaped, not refused
+    atomic_write_bytes(path, text.encode("utf-8", "backslashreplace"))
 
 
 def atomic_write_json(path: Path, payload: object) -> None:

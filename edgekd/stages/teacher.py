@@ -72,9 +72,9 @@ def obtain_teacher(source: TeacherSource, profile: Profile, data: DataBundle, ca
     if cached.is_file():
         verify_cache_entry(cached)
         model, spec = load_teacher(str(cached), data.num_classes, data.input_shape)
-        info(f"teacher: cached {cached}")
+        info("teacher: cached ", user_text=str(cached))
         return Teacher(model.eval(), spec, f"cache:{cached}", key, {"cached": True})
-    info(f"teacher: training {cfg.arch} for {cfg.epochs} epochs (cached afterwards in {cached.parent})")
+    info(f"teacher: training {cfg.arch} for {cfg.epochs} epochs ", user_text=f"(cached afterwards in {cached.parent})")
     torch.manual_seed(profile.seed)  # the initial weights too: the same recipe and seed give the same teacher
     model = spec.build()
     plan = TrainPlan(
@@ -140,7 +140,7 @@ def _content(dataset, name: str) -> object:
         digest = hashlib.sha256()
         for path, label in samples:
             stat = Path(path).stat()
-            digest.update(f"{Path(path).relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\0{label}\n".encode())
+            digest.update(os.fsencode(Path(path).relative_to(root)) + f"\0{stat.st_size}\0{stat.st_mtime_ns}\0{label}\n".encode())
         return {"files": len(samples), "digest": digest.hexdigest()}
     if isinstance(dataset, TensorDataset) and name == "fashion-mnist":
         from edgekd.data import FASHION_MNIST_DIR
