@@ -136,7 +136,7 @@ def print_report(report: dict, run_dir: Path, boxed: bool | None = None) -> None
     fitted = budget_fit(report)
     if fitted is not None:
         out.print(("[green]" if fitted["met"] else "[red]") + escape(fitted["message"]), soft_wrap=True, highlight=False)
-    out.print(f"run folder: {run_dir}  (open {run_dir / 'report.html'})", highlight=False, markup=False)
+    out.print(f"run folder: {run_dir}  (open {run_dir / 'report.html'})", highlight=False, markup=False, soft_wrap=True)
 
 
 @targets_app.command("list")
@@ -241,7 +241,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run folder holding re
     """Re-render report.html and its plots from a run folder's report.json (after an upgrade, say)."""
     from edgekd.report_html import render_run
 
-    out.print(f"wrote {render_run(run_dir)}", highlight=False, markup=False)
+    out.print(f"wrote {render_run(run_dir)}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("build-engine")
