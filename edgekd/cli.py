@@ -258,18 +258,24 @@ def _bad(message: str) -> EdgekdError:
     return BadInputError(message)
 
 
+def _printable(text: str) -> str:
+    """Control characters from file names (an ESC that would recolour or clear the terminal) shown
+    as escapes, never sent raw."""
+    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode() for ch in text)
+
+
 def one_line(message: str) -> str:
     """An error's one line. An error raised in a data-loader worker arrives wrapped in the worker's
     traceback ("Caught X in DataLoader worker process 0. Original Traceback ..."): keep its last line,
     the error itself, without the exception's module path."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     if not lines:
-        return message.strip()
+        return _printable(message.strip())
     if len(lines) > 1 and lines[0].startswith("Caught ") and "Traceback" in message:
         last = lines[-1]
         head, sep, rest = last.partition(": ")
-        return rest if sep and "." in head and " " not in head else last
-    return " ".join(lines)
+        return _printable(rest if sep and "." in head and " " not in head else last)
+    return _printable(" ".join(lines))
 
 
 OUT_OF_MEMORY = ("out of memory", "failed to allocate memory", "can't allocate memory", "cannot allocate memory")

@@ -328,7 +328,7 @@ def _compress(options: CompressOptions, claimed: dict) -> CompressResult:
                        ("--teacher", options.teacher.path_or_name), ("--teacher-weights", options.teacher.weights)):
         _require_utf8(what, path)
     data = load_data(options.data, profile.data, options.image_size, profile.seed)
-    run, claimed["lock"] = claim_on_rank0(options.run_dir, default_run_dir(options.target),
+    run, claimed["lock"] = claim_on_rank0(options.run_dir, default_run_dir(target.name),  # the validated name
                                           resume=options.resume, overwrite=options.overwrite)
     run_dir = claimed["run_dir"] = run.root
     options = replace(options, run_dir=run_dir)

@@ -246,3 +246,35 @@ def test_non_utf8_image_names_and_the_c_locale_run_through(tmp_path):
     assert done.returncode in (0, 3), done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     assert json.loads((tmp_path / "lauf-ü" / "report.json").read_text())["status"] == "complete"
+
+
+def test_escape_bytes_in_a_file_name_never_reach_the_terminal(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("EDGEKD_QUIET", "1")
+    argv = _compress(tmp_path, "--run-dir", str(tmp_path / "run"))
+    (tmp_path / "data" / "b" / "\x1b[2J\x1b[31mred.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    capsys.readouterr()
+    assert run(argv) == BAD_INPUT
+    err = capsys.readouterr().err
+    assert "\x1b" not in err
+    _one_error_line(err, "unreadable image")
+    assert "\\x1b[2J\\x1b[31mred.png" in err
+
+
+def test_a_target_given_as_a_path_names_the_default_run_folder_by_its_name(tmp_path, capsys, monkeypatch):
+    """The default folder is runs/<time>-<validated target name>: a path as --target (here one that
+    climbs out with ..) cannot put it anywhere else."""
+    work = tmp_path / "a" / "b"
+    (work / "x").mkdir(parents=True)
+    (tmp_path / "out").mkdir()
+    shutil.copy(TARGETS_DIR / "host-cpu.toml", tmp_path / "out" / "t.toml")
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("EDGEKD_QUIET", "1")
+    monkeypatch.setenv("EDGEKD_CACHE_DIR", str(tmp_path / "cache"))
+    argv = ["compress", "--data", str(_data(tmp_path)), "--image-size", str(SIZE), "--profile", _profile(tmp_path),
+            "--target", "x/../../../out/t.toml", "--teacher", str(_teacher(tmp_path, classes=10))]
+    before = {p for p in tmp_path.rglob("*")}
+    assert run(argv) == BAD_INPUT  # the teacher is refused after the run folder is made
+    _one_error_line(capsys.readouterr().err, "teacher has 10 classes")
+    made = sorted(p for p in tmp_path.rglob("*") if p.is_dir() and p not in before)
+    assert made and all(p.is_relative_to(work / "runs") for p in made), made
+    assert [p.name for p in (work / "runs").iterdir()][0].endswith("-host-cpu")
