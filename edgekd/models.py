@@ -349,11 +349,15 @@ def _named_teacher(name: str, weights: Path, num_classes: int, input_shape) -> t
     return load_state(model, state, str(weights)), None
 
 
-def save_checkpoint(model: nn.Module, spec: ModelSpec | None, path: Path, **extra) -> None:
-    from edgekd.runfolder import atomic_torch_save
-
+def checkpoint_payload(model: nn.Module, spec: ModelSpec | None, **extra) -> dict:
     payload = {"state_dict": model.state_dict(), **extra}
     if spec is not None:
         payload["spec"] = {"arch": spec.arch, "num_classes": spec.num_classes,
                            "input_shape": list(spec.input_shape), "width": spec.width}
-    atomic_torch_save(payload, path)
+    return payload
+
+
+def save_checkpoint(model: nn.Module, spec: ModelSpec | None, path: Path, **extra) -> None:
+    from edgekd.runfolder import atomic_torch_save
+
+    atomic_torch_save(checkpoint_payload(model, spec, **extra), path)

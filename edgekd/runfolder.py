@@ -194,6 +194,16 @@ def refuse_links(root: Path) -> None:
                 raise BadInputError(f"run folder {root}: {entry.relative_to(root)} is not a regular file; remove it")
 
 
+def remove_orphans(root: Path) -> None:
+    """Temporary files a killed run left (`.NAME.*.tmp`, `.NAME.*.partial`: edgekd's own names, never a
+    final one): removed once the folder is locked, so no one else can be writing them."""
+    with disk_errors(root):
+        for pattern in (".*.tmp", ".*.partial"):
+            for orphan in root.rglob(pattern):
+                if orphan.is_file() and not orphan.is_symlink():
+                    orphan.unlink()
+
+
 def _holder(lock: Path) -> str:
     try:
         who = json.loads(lock.read_text())
@@ -311,6 +321,7 @@ def claim(root: Path | None, default: Path, *, resume: bool = False, overwrite: 
         if why:
             raise BadInputError(why)
         refuse_links(root)
+        remove_orphans(root)
         run = RunFolder(root).create()
         owner = root / OWNER
         if not resume or not owner.is_file():  # a new run gets a new id; a resumed one keeps its own

@@ -212,3 +212,19 @@ def test_a_planted_symlink_in_the_run_folder_is_refused(case, tmp_path, capsys, 
     assert _sha(outside) == digest and stat.S_IMODE(outside.stat().st_mode) == mode, "written through the link"
     assert (folder / name).is_symlink(), "the user's link is left as it was"
     assert not (folder / "report.json").exists()
+
+
+def test_a_killed_runs_temporary_files_are_removed_when_the_folder_is_claimed(tmp_path):
+    from edgekd.runfolder import claim
+
+    folder = tmp_path / "run"
+    (folder / "stages").mkdir(parents=True)
+    (folder / OWNER).write_text(json.dumps({"run_id": "feed"}))
+    (folder / "options.json").write_text("{}")
+    orphans = [folder / ".report.json.abc123.tmp", folder / "stages" / ".teacher.onnx.x1y2.partial"]
+    for orphan in orphans:
+        orphan.write_bytes(b"half")
+    (folder / "keep.tmp").write_bytes(b"a user's file, not one of edgekd's temporary names")
+    _, lock = claim(folder, tmp_path / "unused", resume=True)
+    lock.release()
+    assert not any(o.exists() for o in orphans) and (folder / "keep.tmp").exists()

@@ -13,6 +13,7 @@ of real images must give one logit per class.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -26,8 +27,8 @@ from edgekd.config import Profile, fingerprint
 from edgekd.data import DataBundle, augmentations
 from edgekd.errors import BadInputError, EnvironmentProblem
 from edgekd.losses import CrossEntropyObjective
-from edgekd.models import ExportedTeacher, ModelSpec, load_teacher, save_checkpoint
-from edgekd.runfolder import atomic_write_text, sha256
+from edgekd.models import ExportedTeacher, ModelSpec, checkpoint_payload, load_teacher, save_checkpoint
+from edgekd.runfolder import atomic_write_bytes, atomic_write_text, sha256
 from edgekd.progress import info
 from edgekd.train import TrainPlan, fit
 
@@ -85,8 +86,12 @@ def obtain_teacher(source: TeacherSource, profile: Profile, data: DataBundle, ca
     progress = cache_dir / "teachers" / f".{cfg.arch}-{key}.progress.pt"
     log = fit(model, CrossEntropyObjective(), data.train, plan, label="teacher", checkpoint=progress, fingerprint=key)
     if distributed.is_main():
-        save_checkpoint(model, spec, cached)
-        atomic_write_text(_checksum_file(cached), sha256(cached) + "\n")
+        # the checksum first, then the entry: a kill between them leaves no entry (it retrains), never
+        # a valid entry without its checksum (refused as corrupt)
+        buffer = io.BytesIO()
+        torch.save(checkpoint_payload(model, spec), buffer)
+        atomic_write_text(_checksum_file(cached), hashlib.sha256(buffer.getvalue()).hexdigest() + "\n")
+        atomic_write_bytes(cached, buffer.getvalue())
         progress.unlink(missing_ok=True)
     distributed.barrier()
     return Teacher(model.eval(), spec, "trained", key, {"cached": False, "epoch_losses": log.epoch_losses})
