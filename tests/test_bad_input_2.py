@@ -255,6 +255,7 @@ def _worker_error(tmp: Path) -> list[str]:
         (tmp / "split" / f"{split}-tree").rename(tmp / "split" / split / "tree")
         for cls in ("a", "b"):
             (tmp / "split" / split / "tree" / cls).rename(tmp / "split" / split / cls)
+        (tmp / "split" / split / "tree").rmdir()  # left empty, it was a third class with no images (issue 29)
     return ["compress", "--data", str(tmp / "split"), "--image-size", str(SIZE), "--target", "host-cpu",
             "--profile", _profile(tmp, workers=1, batch_size=3), "--cache-dir", str(tmp / "cache")]
 
