@@ -22,6 +22,7 @@ import numpy as np
 
 from edgekd.config import Precision, Target
 from edgekd.measure.latency import Latency, percentiles, time_calls
+from edgekd.runfolder import atomic_write_bytes
 from edgekd.runtimes import backend
 
 # interleaved timing for the decision: short rounds, pooled (see measure_side_by_side)
@@ -204,7 +205,7 @@ def fit_int8_to_target(int8_path: Path, fp32_path: Path | None, ctx, check=lambd
             details.update(facts)
             if keep:  # the CI gate times this one: which layers stay float depends on the CPU
                 kept = Path(int8_path).with_name(f"{Path(int8_path).stem}.all-int8.onnx")
-                kept.write_bytes(all_int8)
+                atomic_write_bytes(kept, all_int8)
                 details["all_int8_onnx"] = ctx.run.relative(kept)
         details["layers_kept_float"] = keep
     else:
@@ -231,7 +232,7 @@ def _mix_if_faster(int8_path: Path, calibration: np.ndarray, keep: list[str],
             place_for_onnxruntime(unpadded, calibration, keep_float=keep, pad_channels=False)
             pays, facts["channel_padding"] = _padding_pays(Path(int8_path), unpadded, target)
             if not pays:
-                Path(int8_path).write_bytes(unpadded.read_bytes())
+                atomic_write_bytes(Path(int8_path), unpadded.read_bytes())
                 facts["channels_padded"] = []
         runtime = backend(target)
         runners = {"mixed": runtime.runner(Path(int8_path), target.threads), "int8": runtime.runner(all_int8, target.threads)}
@@ -241,7 +242,7 @@ def _mix_if_faster(int8_path: Path, calibration: np.ndarray, keep: list[str],
                    f"at batch {target.input.batch}, measured side by side")
         if mixed_ms < int8_ms:
             return keep, {**facts, "mixed_precision": f"chosen: {figures}"}
-        Path(int8_path).write_bytes(all_int8.read_bytes())
+        atomic_write_bytes(Path(int8_path), all_int8.read_bytes())
     return [], {"channels_padded": [], "mixed_precision": f"not chosen (the whole file was not faster): {figures}"}
 
 

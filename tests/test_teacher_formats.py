@@ -63,7 +63,7 @@ def setting(tmp_path_factory) -> dict:
 FORMATS = {
     "edgekd checkpoint": lambda r: ["--teacher", str(r / "teacher.pt")],
     "state dict + --teacher-arch": lambda r: ["--teacher", str(r / "state_dict.pt"), "--teacher-arch", "edgekd_cnn"],
-    "TorchScript": lambda r: ["--teacher", str(r / "teacher.ts")],
+    "TorchScript": lambda r: ["--teacher", str(r / "teacher.ts"), "--trust-torchscript"],
     "torch.export (.pt2)": lambda r: ["--teacher", str(r / "teacher.pt2")],
     "torchvision name + --teacher-weights": lambda r: ["--teacher", "shufflenet_v2_x0_5",
                                                        "--teacher-weights", str(r / "shufflenet.pt")],
