@@ -136,7 +136,7 @@ def print_report(report: dict, run_dir: Path, boxed: bool | None = None) -> None
     if "pruning" in budget:  # budget pruning's account: fitted, a note, or why the latency missed
         colour = {"fitted": "[green]", "note": "[yellow]", "missed": "[red]"}[budget["pruning"]["state"]]
         out.print(colour + escape(budget["pruning"]["line"]), soft_wrap=True, highlight=False)
-    out.print(f"run folder: {run_dir}  (open {run_dir / 'report.html'})", highlight=False, markup=False, soft_wrap=True)
+    out.print(f"run folder: {run_dir}  (open {run_dir / 'report.html'})", highlight=False, markup=False)
 
 
 @targets_app.command("list")

@@ -243,7 +243,7 @@ def test_non_utf8_image_names_and_the_c_locale_run_through(tmp_path):
             "--profile", _profile(tmp_path), "--teacher", str(_teacher(tmp_path, name="lehrer-ü.pt")),
             "--run-dir", str(tmp_path / "lauf-ü"), "--cache-dir", str(tmp_path / "cache")]
     done = edgekd(*argv, env={"LC_ALL": "C", "LANG": "C", "PYTHONIOENCODING": ""})
-    assert done.returncode in (0, 3), done.stderr[-3000:]
+    assert done.returncode in (0, 3, 6), done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     assert json.loads((tmp_path / "lauf-ü" / "report.json").read_text())["status"] == "complete"
 

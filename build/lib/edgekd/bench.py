@@ -194,11 +194,11 @@ def _engine_latency(path: Path, target: Target, batch: int, measure_here: bool) 
 def _openvino_ir_latency(path: Path, target: Target, batch: int, measure_here: bool) -> tuple[Latency, Latency | None, str]:
     """An OpenVINO IR: measured with OpenVINO on the target's device (or anywhere with `measure_here`,
     labelled), estimated from the .onnx beside it elsewhere, or refused."""
-    from edgekd.config import Runtime
     from edgekd.measure.target_latency import off_target_label, on_target_device
+    from edgekd.runtimes import backend
     from edgekd.runtimes.openvino import OpenVinoRunner, openvino_available
 
-    if target.runtime is not Runtime.OPENVINO_CPU:
+    if not backend(target).reads_ir:
         raise BadInputError(f"{path}: an OpenVINO IR runs on OpenVINO targets only; {target.name} uses "
                             f"{target.runtime.value}")
     estimate, instead = _estimate_or_refuse(path, target, batch, measure_here, "IR")

@@ -15,7 +15,62 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from typing import Annotated, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from edgekd.errors import BadInputError
+
+# What the gate reads from a report, as validated data: a report cannot pass with numbers no run
+# produces (a latency <= 0, negative MACs, top-1 over 100%) or a `target` that is not a table.
+Milliseconds = Annotated[float, Field(gt=0)]
+
+
+class _Read(BaseModel):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=False)
+
+
+class _Latency(_Read):
+    p50: Milliseconds
+    p90: Optional[Milliseconds] = None
+    p99: Optional[Milliseconds] = None
+
+
+class _Stage(_Read):
+    name: str
+    accuracy: Annotated[float, Field(ge=0, le=1)]
+    macs: Annotated[float, Field(ge=0)]
+    latency_ms: Optional[_Latency] = None
+
+
+class _Reference(_Read):
+    normalised_latency: Annotated[float, Field(gt=0)]
+    macs: Optional[Annotated[int, Field(ge=0)]] = None
+    batch: Optional[Annotated[int, Field(gt=0)]] = None
+    threads: Optional[Annotated[int, Field(gt=0)]] = None
+    student_ms: Optional[_Latency] = None
+    reference_ms: Optional[_Latency] = None
+
+
+class _Target(_Read):
+    name: str
+
+
+class GateReport(_Read):
+    target: Optional[_Target] = None  # very old baselines have none; a report always has one
+    stages: Annotated[list[_Stage], Field(min_length=1)]
+    reference: _Reference
+
+
+def validate_report(report: dict, name: str) -> None:
+    """Every number the gate compares, checked for being one a real run could write."""
+    try:
+        GateReport.model_validate(report)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise BadInputError(f"{name}: field '{field}' is {repr(first.get('input'))[:80]}: "
+                            f"{first['msg'][0].lower() + first['msg'][1:]} (not a report a run can write)") from None
 
 
 @dataclass(frozen=True)
@@ -81,6 +136,8 @@ def compare(report: dict, baseline: dict, tolerance: float, accuracy_tolerance: 
     old_accuracy = _number(baseline, baseline_name, "stages", -1, "accuracy")
     if old_latency <= 0:
         raise BadInputError(f"{baseline_name}: 'reference.normalised_latency' is {old_latency}, not positive")
+    validate_report(report, report_name)
+    validate_report(baseline, baseline_name)
 
     lines = []
     growth = new_latency / old_latency - 1.0

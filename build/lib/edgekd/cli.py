@@ -57,6 +57,7 @@ def compress(
     teacher: Annotated[Optional[str], typer.Option(help="Teacher: an edgekd checkpoint, a state dict (+ --teacher-arch), a TorchScript or torch.export (.pt2) file, or an architecture name with --teacher-weights. Default: train the built-in teacher once and cache it.")] = None,
     teacher_arch: Annotated[Optional[str], typer.Option(help="Architecture of a bare state-dict --teacher.")] = None,
     teacher_weights: Annotated[Optional[str], typer.Option(help="Weights file for a named --teacher architecture.")] = None,
+    trust_torchscript: Annotated[bool, typer.Option("--trust-torchscript", help="Load a TorchScript --teacher: it is code and runs when loaded, so only from a source you trust (never saved for --resume).")] = False,
     student: Annotated[Optional[str], typer.Option(help="Student architecture: edgekd_cnn_fc, edgekd_cnn, mobilenet_v3_small, resnet18, edgekd_resnet, edgekd_resnet_fc. [default: the profile's]")] = None,
     width: Annotated[Optional[float], typer.Option(help="Student width multiplier. [default: the profile's]", min=0.05, max=16)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed; the same command and seed give the same model. [default: the profile's]", min=0, max=2**32 - 1)] = None,
@@ -90,7 +91,7 @@ def compress(
         profile=given["profile"] or "default",
         data=given["data"],
         image_size=given["image_size"] or 32,
-        teacher=TeacherSource(given["teacher"], given["teacher_arch"], given["teacher_weights"]),
+        teacher=TeacherSource(given["teacher"], given["teacher_arch"], given["teacher_weights"], trust_torchscript),
         student=given["student"],
         width=given["width"],
         seed=given["seed"],
@@ -112,29 +113,30 @@ def compress(
 
 
 def print_report(report: dict, run_dir: Path, boxed: bool | None = None) -> None:
+    """The run's table and verdict lines; user text (names, paths) is never markup (`escape`)."""
     table, notes = listing.stage_table(report, listing.wants_box(out, boxed))
-    out.print(f"edgekd: {report['profile']} profile -> {report['target']['name']}", highlight=False)
+    out.print(f"edgekd: {report['profile']} profile -> {report['target']['name']}", highlight=False, markup=False)
     listing.print_table(out, table)
     for note in notes:
-        out.print(note, highlight=False)
+        out.print(note, highlight=False, markup=False)
     runtimes = sorted({s["latency_ms"]["runtime"] for s in report["stages"]})
-    out.print(f"latency: {'; '.join(runtimes)}; batch {report['target']['batch']}", highlight=False)
+    out.print(f"latency: {'; '.join(runtimes)}; batch {report['target']['batch']}", highlight=False, markup=False)
     for note in sorted({s["latency_note"] for s in report["stages"] if s.get("latency_note")}):
         out.print(f"latency note: {note}", markup=False, highlight=False)
     budget = report["budget"]
     latency_met = all(v for k, v in budget["checks"].items() if k != "accuracy")
     # verdicts are one line each, never wrapped: CI logs grep them
-    out.print(("[green]" if latency_met else "[red]") + budget["verdict"], highlight=False, soft_wrap=True)
+    out.print(("[green]" if latency_met else "[red]") + escape(budget["verdict"]), highlight=False, soft_wrap=True)
     if "accuracy" in budget:
         state = budget["accuracy"].get("state") or ("MET" if budget["accuracy"]["met"] else "MISSED")
         out.print({"MET": "[green]", "NOT SHOWN": "[yellow]"}.get(state, "[red]") + escape(budget["accuracy"]["verdict"]),
                   highlight=False, soft_wrap=True)
     if "teacher" in budget:
-        out.print(budget["teacher"]["line"], highlight=False, soft_wrap=True)
+        out.print(budget["teacher"]["line"], highlight=False, soft_wrap=True, markup=False)
     if "pruning" in budget:  # budget pruning's account: fitted, a note, or why the latency missed
         colour = {"fitted": "[green]", "note": "[yellow]", "missed": "[red]"}[budget["pruning"]["state"]]
         out.print(colour + escape(budget["pruning"]["line"]), soft_wrap=True, highlight=False)
-    out.print(f"run folder: {run_dir}  (open {run_dir / 'report.html'})", highlight=False)
+    out.print(f"run folder: {run_dir}  (open {run_dir / 'report.html'})", highlight=False, markup=False, soft_wrap=True)
 
 
 @targets_app.command("list")
@@ -149,7 +151,7 @@ def targets_list(as_json: JsonFlag = False, box: BoxFlag = None) -> None:
     table, notes = listing.targets_table(targets, listing.wants_box(out, box))
     listing.print_table(out, table)
     for note in notes:
-        out.print(note, highlight=False)
+        out.print(note, highlight=False, markup=False)
 
 
 @targets_app.command("show")
@@ -253,7 +255,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run folder holding re
     """Re-render report.html and its plots from a run folder's report.json (after an upgrade, say)."""
     from edgekd.report_html import render_run
 
-    out.print(f"wrote {render_run(run_dir)}", highlight=False)
+    out.print(f"wrote {render_run(run_dir)}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("build-engine")
@@ -261,7 +263,7 @@ def build_engine(run_dir: Annotated[Path, typer.Argument(help="A run folder hold
     """On the device: build the TensorRT engine for a run folder and measure it against the budget."""
     from edgekd.deploy import build_engine_for_run
 
-    out.print(build_engine_for_run(run_dir))
+    out.print(build_engine_for_run(run_dir), highlight=False, markup=False)
 
 
 def _bad(message: str) -> EdgekdError:
@@ -270,18 +272,33 @@ def _bad(message: str) -> EdgekdError:
     return BadInputError(message)
 
 
+def _printable(text: str) -> str:
+    """Control characters from file names (an ESC that would recolour or clear the terminal) shown
+    as escapes, never sent raw."""
+    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode() for ch in text)
+
+
 def one_line(message: str) -> str:
     """An error's one line. An error raised in a data-loader worker arrives wrapped in the worker's
     traceback ("Caught X in DataLoader worker process 0. Original Traceback ..."): keep its last line,
     the error itself, without the exception's module path."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     if not lines:
-        return message.strip()
+        return _printable(message.strip())
     if len(lines) > 1 and lines[0].startswith("Caught ") and "Traceback" in message:
         last = lines[-1]
         head, sep, rest = last.partition(": ")
-        return rest if sep and "." in head and " " not in head else last
-    return " ".join(lines)
+        return _printable(rest if sep and "." in head and " " not in head else last)
+    return _printable(" ".join(lines))
+
+
+OUT_OF_MEMORY = ("out of memory", "failed to allocate memory", "can't allocate memory", "cannot allocate memory")
+
+
+def _out_of_memory(message: str) -> bool:
+    """torch says it in its own words: CUDA's "out of memory", the CPU allocator's
+    "DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes"."""
+    return any(words in message.lower() for words in OUT_OF_MEMORY)
 
 
 def _terminate(signum, _frame):
@@ -307,15 +324,20 @@ def run(argv: list[str] | None = None) -> int:
         err.print(f"edgekd: error: an input file is not UTF-8 text ({error.reason} at byte {error.start})",
                   highlight=False, soft_wrap=True, markup=False)
         return int(ExitCode.BAD_INPUT)
+    except UnicodeEncodeError as error:  # a name that is not UTF-8 reached a writer: the net under them
+        bad = error.object[error.start:error.end] if isinstance(error.object, str) else ""
+        err.print(f"edgekd: error: a file or folder name is not valid UTF-8 (near {bad.encode('utf-8', 'backslashreplace')!r}); "
+                  "rename it", highlight=False, soft_wrap=True, markup=False)
+        return int(ExitCode.BAD_INPUT)
     except RuntimeError as error:
-        if "out of memory" not in str(error).lower() and "failed to allocate memory" not in str(error).lower():
+        if not _out_of_memory(str(error)):
             raise  # a bug: the traceback is the report
         err.print(f"edgekd: error: out of memory ({one_line(str(error))[:200]}); use a smaller batch or image size",
                   highlight=False, soft_wrap=True, markup=False)
         return int(ExitCode.ENVIRONMENT)
     except (KeyboardInterrupt, typer.Abort):
         err.print("edgekd: interrupted; completed stages and the last epoch checkpoint are kept. "
-                  "Resume with: edgekd compress --resume RUN_DIR", highlight=False, soft_wrap=True)
+                  "Resume with: edgekd compress --resume RUN_DIR", highlight=False, soft_wrap=True, markup=False)
         return int(ExitCode.INTERRUPTED)
     except typer.Exit as done:
         return done.exit_code

@@ -27,6 +27,9 @@ PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 Positive = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
+# target and profile names end up in file names, shell scripts, plot labels and terminal output:
+# a safe set of characters, so none of them can carry a command, markup or a path
+SafeName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 
 
 class Strict(BaseModel):
@@ -134,9 +137,9 @@ class TargetDevice(Strict):
 
 
 class Target(Strict):
-    name: str
+    name: SafeName
     description: str = ""
-    aliases: list[str] = []
+    aliases: list[SafeName] = []
     runtime: Runtime
     precision: Precision = Precision.INT8
     activations: ActivationScheme | None = None  # default: symmetric-signed for TensorRT, symmetric on CPUs
@@ -338,7 +341,7 @@ class AccuracyConfig(Strict):
 
 
 class Profile(Strict):
-    name: str
+    name: SafeName
     description: str = ""
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0  # the training loop derives per-epoch seeds from it
     # bf16 autocast for training where the CPU or GPU has native bf16 units (AVX-512-BF16, AMX,
@@ -385,6 +388,9 @@ def _validation_message(path: Path, err: ValidationError) -> str:
         what = "missing required field"
     elif kind == "extra_forbidden":
         what = "unknown field"
+    elif kind == "string_pattern_mismatch":
+        what = (f"{first['input']!r} is not a safe name: use 1 to 64 of A-Z a-z 0-9 . _ - "
+                "(starting with a letter or digit)")
     else:
         what = first["msg"][0].lower() + first["msg"][1:]
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""

@@ -28,6 +28,10 @@ FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 MAX_IMAGE_SIDE = 16384  # pixels; a larger image (or one Pillow calls a decompression bomb) is refused
 WIDE_GREY_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0}
+# the value that is white, per mode read as one grey channel: 16-bit grey (Pillow opens some 16-bit
+# files as 32-bit "I") over 0..65535, float "F" images over 0..1. A pixel outside 0..white is refused:
+# no scale is known for it, and clipping would silently change the image.
+GREY_WHITE = {**WIDE_GREY_MODES, "F": 1.0}
 
 
 HELD_OUT_FOLDERS = ("val", "valid", "validation", "test")  # beside train/: Kaggle and Roboflow say valid/
@@ -213,22 +217,60 @@ class _ImageFiles(Dataset):
     def _tensor(self, image) -> torch.Tensor:
         """C x H x W. 8-bit images as uint8 (scaled to 0..1 later); 16-bit grey as float over its full
         range (65535 is white), where converting to 8-bit "L" would clip everything above 255."""
-        if image.mode in WIDE_GREY_MODES:
-            grey = torch.from_numpy(np.asarray(image, dtype=np.float32) / WIDE_GREY_MODES[image.mode]).clamp_(0, 1)
+        if image.mode in GREY_WHITE:
+            grey = torch.from_numpy(_grey_values(image, self.path_of(image)) / GREY_WHITE[image.mode])
             return grey.unsqueeze(0).expand(self.channels, -1, -1).contiguous()
-        if image.mode == "F":
-            return torch.from_numpy(np.asarray(image, dtype=np.float32)).unsqueeze(0).expand(self.channels, -1, -1).contiguous()
         return self.to_tensor(image.convert("L" if self.channels == 1 else "RGB"))
+
+    @staticmethod
+    def path_of(image) -> str:
+        return getattr(image, "filename", "") or "an image"
 
 
 def _scan_classes(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    classes, samples, _ = _scan_with_skipped(root)
+    return classes, samples
+
+
+def _scan_with_skipped(root: Path) -> tuple[list[str], list[tuple[Path, int]], dict[str, list[Path]]]:
+    """Classes, (image, label) samples, and per class the files skipped (not an image suffix)."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    samples = []
+    samples, skipped = [], {}
     for label, name in enumerate(classes):
+        skipped[name] = []
         for path in sorted((root / name).rglob("*")):
             if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
                 samples.append((path, label))
-    return classes, samples
+            elif path.is_file():
+                skipped[name].append(path)
+    return classes, samples, skipped
+
+
+def _refuse_empty_classes(root: Path, classes: list[str], samples: list[tuple[Path, int]],
+                          skipped: dict[str, list[Path]]) -> None:
+    """A class folder with no image edgekd reads is refused, naming it: counted as a class, it would
+    make the task look harder than it is, or (beside one real class) a one-class task scored 100%."""
+    used = {label for _, label in samples}
+    empty = [name for label, name in enumerate(classes) if label not in used]
+    if not empty:
+        return
+    files = [p for name in empty for p in skipped[name]]
+    seen = f"{len(files)} other file(s), e.g. {files[0].name}" if files else "no files"
+    raise BadInputError(f"{root}: class folder(s) {', '.join(map(repr, empty))} hold no image edgekd reads "
+                        f"({seen}; edgekd reads {', '.join(sorted(IMAGE_SUFFIXES))}; it skips every other "
+                        "file, .gif and .svg included): add images or remove the folder")
+
+
+def _grey_values(image, path) -> np.ndarray:
+    """The pixels of a wide grey or float image as float32, if they lie in 0..white; else refused."""
+    values = np.asarray(image, dtype=np.float64)
+    white = GREY_WHITE[image.mode]
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if not np.isfinite(values).all() or low < 0 or high > white:
+        span = "non-finite values" if not np.isfinite(values).all() else f"values {low:g}..{high:g}"
+        raise BadInputError(f"image {path}: mode {image.mode} with {span}; edgekd reads mode {image.mode} "
+                            f"over 0..{white:g} (save it as 8- or 16-bit grey, or scale it)")
+    return values.astype(np.float32)
 
 
 def _refuse_huge(image, path: Path, max_pixels: int | None) -> None:
@@ -266,9 +308,13 @@ def _check_images(samples: list[tuple[Path, int]]) -> int:
         try:
             with _headers_of_any_size() as max_pixels, Image.open(path) as image:
                 _refuse_huge(image, path, max_pixels)
+                mode = image.mode
                 image.verify()
-                if image.mode not in ("L", "1", "F", *WIDE_GREY_MODES):
+                if mode not in ("L", "1", *GREY_WHITE):
                     channels = 3
+            if mode in GREY_WHITE and mode not in ("I;16", "I;16L", "I;16B", "I;16N"):  # 16-bit fits by type
+                with Image.open(path) as image:
+                    _grey_values(image, path)
         except BadInputError:
             raise
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
@@ -304,11 +350,12 @@ def load_image_folder(root: Path, config: DataConfig, image_size: int, seed: int
             test_dir, val_dir = val_dir, None
     else:
         train_root, test_dir, val_dir = root, None, None
-    classes, train_samples = _scan_classes(train_root)
+    classes, train_samples, skipped = _scan_with_skipped(train_root)
     if not train_samples:
         raise BadInputError(f"{train_root}: no images found (expected class sub-folders holding {sorted(IMAGE_SUFFIXES)})")
     if len(classes) < 2:
         raise BadInputError(f"{train_root}: found {len(classes)} class folder(s); a classifier needs at least 2")
+    _refuse_empty_classes(train_root, classes, train_samples, skipped)
     splits["train"] = str(train_root)
     if test_dir is not None:
         test_samples = _scan_same_classes(test_dir, classes, train_root)

@@ -54,6 +54,11 @@ def _input_chw(onnx_path: Path) -> tuple[str, tuple[int, int, int]]:
     return inputs[0].name, chw
 
 
+def _comment(text: str) -> str:
+    """Text for a `#` comment line: printable ASCII only, so nothing can end the comment."""
+    return "".join(c if c.isascii() and c.isprintable() else "?" for c in str(text))
+
+
 def write_build_script(run_dir: Path, target: Target, onnx_name: str = INT8_ONNX,
                        engine_name: str = ENGINE) -> Path:
     """`build_engine.sh` in the run folder: trtexec with the same settings as `build_engine`, then
@@ -65,7 +70,7 @@ def write_build_script(run_dir: Path, target: Target, onnx_name: str = INT8_ONNX
     q = shlex.quote
     lines = [
         "#!/usr/bin/env bash",
-        f"# Builds the TensorRT engine for this run on the device ({target.name}), then measures it.",
+        f"# Builds the TensorRT engine for this run on the device ({_comment(target.name)}), then measures it.",
         f"# Written by edgekd {__version__}. INT8 from the graph's own Q/DQ scales (explicit quantization:",
         "# no calibration), FP16 where a layer has no INT8 kernel; batch 1 to "
         f"{target.input.max_batch}, tuned for {target.input.batch}.",

@@ -243,10 +243,14 @@ def _torch_load(path: Path) -> object:
 
 
 def load_teacher(
-    source: str, num_classes: int, input_shape: tuple[int, int, int], arch: str | None = None, weights: str | None = None
+    source: str, num_classes: int, input_shape: tuple[int, int, int], arch: str | None = None, weights: str | None = None,
+    trust_torchscript: bool = False,
 ) -> tuple[nn.Module, ModelSpec | None]:
     """A teacher from a file (edgekd checkpoint, state dict + arch, TorchScript, torch.export)
-    or from a registered / torchvision name with a weights file."""
+    or from a registered / torchvision name with a weights file. No format but TorchScript (and
+    only with `trust_torchscript`) can run code while it is read (edgekd/teacher_files.py)."""
+    from edgekd import teacher_files
+
     path = Path(source)
     if not path.exists():
         if weights is None:
@@ -254,18 +258,20 @@ def load_teacher(
                 f"teacher '{source}' is neither a file nor an architecture with --teacher-weights FILE"
             )
         return _named_teacher(source, Path(weights), num_classes, input_shape)
-    if path.is_dir():
-        raise BadInputError(f"teacher {path} is a folder, not a checkpoint file")
+    teacher_files.require_regular_file(path)
     if path.suffix == ".pt2":
         if not zipfile.is_zipfile(path):
             raise BadInputError(f"{path}: not a loadable torch.export archive (not a zip file)")
         try:
             with _quiet_logger("torch.export"):  # it logs its own traceback before raising
-                program = torch.export.load(str(path))
+                program = teacher_files.load_pt2(path)
+        except BadInputError:
+            raise
         except Exception as err:
             raise BadInputError(f"{path}: not a loadable torch.export archive ({type(err).__name__})") from None
         return ExportedTeacher(program, path), None
-    if zipfile.is_zipfile(path) and any(n.endswith("/code/") or "/code/" in n for n in zipfile.ZipFile(path).namelist()):
+    if teacher_files.is_torchscript(path):
+        teacher_files.require_trusted_torchscript(path, trust_torchscript)
         try:
             return torch.jit.load(str(path), map_location="cpu"), None
         except Exception as err:
@@ -323,8 +329,11 @@ class ExportedTeacher(nn.Module):
 
 
 def _named_teacher(name: str, weights: Path, num_classes: int, input_shape) -> tuple[nn.Module, ModelSpec | None]:
-    if not weights.is_file():
+    if not weights.exists():
         raise BadInputError(f"teacher weights not found: {weights}")
+    from edgekd.teacher_files import require_regular_file
+
+    require_regular_file(weights, "teacher weights")
     state = _torch_load(weights)
     if not isinstance(state, dict):
         raise BadInputError(f"{weights}: expected a state dict")
@@ -340,11 +349,15 @@ def _named_teacher(name: str, weights: Path, num_classes: int, input_shape) -> t
     return load_state(model, state, str(weights)), None
 
 
-def save_checkpoint(model: nn.Module, spec: ModelSpec | None, path: Path, **extra) -> None:
-    from edgekd.runfolder import atomic_torch_save
-
+def checkpoint_payload(model: nn.Module, spec: ModelSpec | None, **extra) -> dict:
     payload = {"state_dict": model.state_dict(), **extra}
     if spec is not None:
         payload["spec"] = {"arch": spec.arch, "num_classes": spec.num_classes,
                            "input_shape": list(spec.input_shape), "width": spec.width}
-    atomic_torch_save(payload, path)
+    return payload
+
+
+def save_checkpoint(model: nn.Module, spec: ModelSpec | None, path: Path, **extra) -> None:
+    from edgekd.runfolder import atomic_torch_save
+
+    atomic_torch_save(checkpoint_payload(model, spec, **extra), path)

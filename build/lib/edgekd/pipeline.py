@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from edgekd import __version__, checkpoints, distributed
-from edgekd.config import Profile, Runtime, fingerprint, load_profile, load_target
+from edgekd.config import Profile, fingerprint, load_profile, load_target
 from edgekd.data import DataBundle, load_data
 from edgekd.deploy import INT8_ONNX
 from edgekd.errors import EdgekdError, ExitCode, Interrupted
@@ -27,7 +27,8 @@ from edgekd.metrics import count
 from edgekd.models import create_model, require_architecture
 from edgekd.onnx_export import check_parity, export_onnx
 from edgekd.progress import info
-from edgekd.runfolder import atomic_write_json, claim_on_rank0
+from edgekd.runfolder import atomic_write_bytes, atomic_write_json, claim_on_rank0
+from edgekd.runtimes import backend
 from edgekd.stages import StageContext
 from edgekd.stages.distill import DistillStage
 from edgekd.stages.prune import PruneStage
@@ -192,7 +193,7 @@ def _run_stages(model: nn.Module, ctx: StageContext, chain_fp: str) -> tuple[nn.
         checkpoint = ctx.run.path(f"checkpoints/{stage.name}.pt")
         done = ctx.run.completed(stage.name, fp)
         if done is not None:
-            info(f"{stage.name}: complete in {ctx.run.root}, skipped")
+            info(f"{stage.name}: complete in ", user_text=f"{ctx.run.root}, skipped")
             if checkpoint.is_file():
                 model = checkpoints.load_model(checkpoint, like=model)
             records.append({**done, "resumed": True})
@@ -305,10 +306,10 @@ def _layers(ctx: StageContext, final: dict, onnx_path: Path) -> list[dict]:
     from edgekd.measure.estimate import estimate_layers
 
     if final["latency_ms"]["source"] == "measured":  # on the device, or labelled with --measure-here
-        from edgekd.runtimes.onnxruntime import profile_layers
-
-        rows = profile_layers(onnx_path, ctx.target.threads, ctx.target.input.batch)
-        return [{**r, "source": "measured"} for r in rows]
+        # the target runtime's own profiler (OpenVINO's layers, not ONNX Runtime's nodes)
+        rows = backend(ctx.target).profile_layers(onnx_path, ctx.target.threads, ctx.target.input.batch)
+        if rows is not None:
+            return [{**r, "source": "measured"} for r in rows]
     rows = estimate_layers(onnx_path, ctx.target, ctx.target.input.batch)
     return sorted(({"name": r.name, "op": r.op, "ms": r.ms, "precision": r.precision, "source": "estimated"}
                    for r in rows), key=lambda r: r["ms"], reverse=True)
@@ -345,8 +346,12 @@ def _compress(options: CompressOptions, claimed: dict) -> CompressResult:
     target = load_target(options.target)
     profile = options.resolved_profile()
     require_architecture(profile.student.arch)  # a typo fails now, not after the teacher trains
+    _check_teacher_file(options.teacher)  # a FIFO or /dev/zero is refused before anything opens it
+    for what, path in (("--run-dir", options.run_dir), ("--cache-dir", options.cache_dir),
+                       ("--teacher", options.teacher.path_or_name), ("--teacher-weights", options.teacher.weights)):
+        _require_utf8(what, path)
     data = load_data(options.data, profile.data, options.image_size, profile.seed)
-    run, claimed["lock"] = claim_on_rank0(options.run_dir, default_run_dir(options.target),
+    run, claimed["lock"] = claim_on_rank0(options.run_dir, default_run_dir(target.name),  # the validated name
                                           resume=options.resume, overwrite=options.overwrite)
     run_dir = claimed["run_dir"] = run.root
     options = replace(options, run_dir=run_dir)
@@ -379,11 +384,35 @@ def _compress(options: CompressOptions, claimed: dict) -> CompressResult:
     return CompressResult(report, run_dir, code)
 
 
+def _require_utf8(what: str, path: object) -> None:
+    """ONNX export and TorchScript take file names as UTF-8 strings: a name that is not valid UTF-8
+    (Python keeps its bytes as surrogates) is refused up front, not by a traceback mid-run."""
+    from edgekd.errors import BadInputError
+
+    if path is None:
+        return
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise BadInputError(f"{what} {shown}: the name is not valid UTF-8, which the ONNX and torch writers "
+                            "edgekd uses cannot open; rename it") from None
+
+
+def _check_teacher_file(source: TeacherSource) -> None:
+    from edgekd.teacher_files import require_regular_file
+
+    if source.path_or_name is not None and os.path.lexists(source.path_or_name):
+        require_regular_file(Path(source.path_or_name))
+    if source.weights is not None and os.path.lexists(source.weights):
+        require_regular_file(Path(source.weights), "teacher weights")
+
+
 def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, data: DataBundle, seconds: float) -> dict:
     run, target = ctx.run, ctx.target
     records = _latencies(ctx, records, options.measure_here)
     fp32 = [r for r in records if r["name"] in ("distill", "prune")][-1]
-    shutil.copyfile(run.root / fp32["onnx"], run.path(FP32_ONNX))
+    atomic_write_bytes(run.path(FP32_ONNX), (run.root / fp32["onnx"]).read_bytes())
     artifacts = {"student_fp32_onnx": FP32_ONNX, "student_int8_onnx": None}
     final = records[-1]
     if final["name"] == "quantize":
@@ -400,7 +429,7 @@ def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, da
         if shipped_record is not final:  # FP32 ships: the budgets judge its latency, size and accuracy
             budget_latency, budget_note, budget_records = shipped_record["latency_ms"], shipped_record["latency_note"], \
                 [*records[:-1], shipped_record]
-    if target.runtime is Runtime.TENSORRT and artifacts["student_int8_onnx"]:
+    if backend(target).needs_engine and artifacts["student_int8_onnx"]:  # TensorRT: engine and build script
         from edgekd.deploy import CHECK_IMAGES, prepare_engine
 
         tensorrt = prepare_engine(run.root, target, final_onnx, ctx.example.numpy())

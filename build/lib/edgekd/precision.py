@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.config import Precision, Runtime, Target
+from edgekd.config import Precision, Target
 from edgekd.measure.latency import Latency, percentiles, time_calls
+from edgekd.runfolder import atomic_write_bytes
+from edgekd.runtimes import backend
 
 # interleaved timing for the decision: short rounds, pooled (see measure_side_by_side)
 TIMING = {"warmup": 5, "min_runs": 30, "max_runs": 200, "max_seconds": 2.0}
@@ -69,8 +71,8 @@ def choose_precision(fp32_path: Path, int8_path: Path, target: Target, batch: in
     figures = f"INT8 {int8_ms:.3f} ms vs FP32 {fp32_ms:.3f} ms at batch {batch}, {source} ({how})"
     if target.precision is Precision.FP32:
         return Shipped(name(fp32_path), "fp32", f"the target asks for FP32; {figures}", int8_ms, fp32_ms, source)
-    if target.runtime is Runtime.TENSORRT:
-        return Shipped(name(int8_path), "int8", f"TensorRT builds its engine from the INT8 graph; {figures}",
+    if backend(target).engine_from_int8:
+        return Shipped(name(int8_path), "int8", f"{target.runtime.value} builds its engine from the INT8 graph; {figures}",
                        int8_ms, fp32_ms, source)
     if int8_ms <= fp32_ms:
         return Shipped(name(int8_path), "int8", f"INT8 is {ratio:.2f}x FP32's speed: {figures}", int8_ms, fp32_ms,
@@ -94,8 +96,9 @@ def _compare(fp32: Path, int8: Path, target: Target, batch: int, measure_here: b
     from edgekd.measure.target_latency import measurable_here, off_target_label, on_target_device
 
     can_measure, why = measurable_here(target, measure_here)
-    if can_measure and target.runtime in (Runtime.ONNXRUNTIME_CPU, Runtime.OPENVINO_CPU):
-        runners = {"fp32": _runner(fp32, target), "int8": _runner(int8, target)}
+    runtime = backend(target)
+    if can_measure and not runtime.needs_engine:
+        runners = {"fp32": runtime.runner(fp32, target.threads), "int8": runtime.runner(int8, target.threads)}
         latency = measure_runners_side_by_side(runners, batch, TIMING, ROUNDS)
         where = "" if on_target_device(target)[0] else f"; {off_target_label(target)}"
         return latency["int8"].p50, latency["fp32"].p50, "measured", latency["int8"].runtime + where
@@ -105,16 +108,6 @@ def _compare(fp32: Path, int8: Path, target: Target, batch: int, measure_here: b
     fp32_ms = estimate_latency(fp32, target, batch)[0].p50
     reason = why or "no engine to time here"
     return int8_ms, fp32_ms, "estimated", f"roofline for {target.name}; not measured: {reason}"
-
-
-def _runner(path: Path, target: Target):
-    if target.runtime is Runtime.OPENVINO_CPU:
-        from edgekd.runtimes.openvino import OpenVinoRunner
-
-        return OpenVinoRunner(path, target.threads)
-    from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner
-
-    return OnnxRuntimeRunner(path, target.threads)
 
 
 def measure_runners_side_by_side(runners: dict, batch: int, timing: dict, rounds: int) -> dict[str, Latency]:
@@ -191,7 +184,7 @@ def fit_int8_to_target(int8_path: Path, fp32_path: Path | None, ctx, check=lambd
     `check()` runs on the all-INT8 graph, once its quantizers are placed and before any layer is
     made float: that graph must compute what the fake-quantized model computes."""
     target = ctx.target
-    if target.runtime is not Runtime.ONNXRUNTIME_CPU:
+    if backend(target).places_int8_itself:
         check()
         return {"placement": "NNCF's (fits OpenVINO and TensorRT)"}
     from edgekd.export.ort_qdq import conv_counts, place_for_onnxruntime
@@ -212,7 +205,7 @@ def fit_int8_to_target(int8_path: Path, fp32_path: Path | None, ctx, check=lambd
             details.update(facts)
             if keep:  # the CI gate times this one: which layers stay float depends on the CPU
                 kept = Path(int8_path).with_name(f"{Path(int8_path).stem}.all-int8.onnx")
-                kept.write_bytes(all_int8)
+                atomic_write_bytes(kept, all_int8)
                 details["all_int8_onnx"] = ctx.run.relative(kept)
         details["layers_kept_float"] = keep
     else:
@@ -239,16 +232,17 @@ def _mix_if_faster(int8_path: Path, calibration: np.ndarray, keep: list[str],
             place_for_onnxruntime(unpadded, calibration, keep_float=keep, pad_channels=False)
             pays, facts["channel_padding"] = _padding_pays(Path(int8_path), unpadded, target)
             if not pays:
-                Path(int8_path).write_bytes(unpadded.read_bytes())
+                atomic_write_bytes(Path(int8_path), unpadded.read_bytes())
                 facts["channels_padded"] = []
-        runners = {"mixed": _runner(Path(int8_path), target), "int8": _runner(all_int8, target)}
+        runtime = backend(target)
+        runners = {"mixed": runtime.runner(Path(int8_path), target.threads), "int8": runtime.runner(all_int8, target.threads)}
         latency = measure_runners_side_by_side(runners, target.input.batch, TIMING, ROUNDS)
         mixed_ms, int8_ms = latency["mixed"].p50, latency["int8"].p50
         figures = (f"{len(keep)} layer(s) float: {mixed_ms:.3f} ms vs all-INT8 {int8_ms:.3f} ms "
                    f"at batch {target.input.batch}, measured side by side")
         if mixed_ms < int8_ms:
             return keep, {**facts, "mixed_precision": f"chosen: {figures}"}
-        Path(int8_path).write_bytes(all_int8.read_bytes())
+        atomic_write_bytes(Path(int8_path), all_int8.read_bytes())
     return [], {"channels_padded": [], "mixed_precision": f"not chosen (the whole file was not faster): {figures}"}
 
 
@@ -263,7 +257,8 @@ def _padding_pays(padded: Path, unpadded: Path, target: Target) -> tuple[bool, s
     On edgekd_cnn_fc's float first convolution (`benchmarks/int8_speed.py --padding`, README):
     12 -> 16 channels up to 1.57x faster at batch 64 and even at batch 1; 8 -> 16 and 20 -> 32
     slower at both in one run of two."""
-    runners = {"padded": _runner(padded, target), "unpadded": _runner(unpadded, target)}
+    runtime = backend(target)
+    runners = {"padded": runtime.runner(padded, target.threads), "unpadded": runtime.runner(unpadded, target.threads)}
     latency = {batch: measure_runners_side_by_side(runners, batch, PADDING_TIMING, ROUNDS)
                for batch in sorted({target.input.batch, PADDING_BATCH})}
     at_target, at_large = latency[target.input.batch], latency[PADDING_BATCH]
@@ -292,12 +287,7 @@ def ship(root: Path, target: Target, fp32_record: dict, int8_record: dict,
     fp32_path, int8_path = root / "student.fp32.onnx", root / int8_record["onnx"]
     shipped = choose_precision(fp32_path, int8_path, target, root=root, measure_here=measure_here)
     record = int8_record if shipped.precision == "int8" else fp32_record
-    files = {}
-    if target.runtime is Runtime.OPENVINO_CPU:  # the IR of the INT8 file, and of the FP32 one when that ships
-        from edgekd.export.openvino_ir import export_openvino_ir
-
-        for precision, source in (("int8", int8_path), ("fp32", fp32_path)):
-            if precision == "int8" or shipped.precision == "fp32":
-                xml, weights = export_openvino_ir(source, root / f"student.{precision}.xml")
-                files.update({f"openvino_{precision}_xml": xml.name, f"openvino_{precision}_bin": weights.name})
+    # the runtime's own files: of the INT8 file, and of the FP32 one when that ships
+    onnx_files = {"int8": int8_path, **({"fp32": fp32_path} if shipped.precision == "fp32" else {})}
+    files = backend(target).write_deployables(root, onnx_files)
     return {**shipped.as_dict(), "warning": shipped_warning(shipped)}, record, files

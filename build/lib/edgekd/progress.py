@@ -39,6 +39,10 @@ def progress_bar(description: str, total: int):
         yield advance
 
 
-def info(message: str) -> None:
+def info(message: str, *, user_text: str = "") -> None:
+    """A progress line; `message` may carry edgekd's own colour markup, `user_text` (a path, a
+    name) is appended as plain text, never read as markup."""
     if not _quiet():
-        console.print(message)
+        from rich.markup import escape
+
+        console.print(message + escape(user_text))

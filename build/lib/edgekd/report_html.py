@@ -24,13 +24,17 @@ MEASURED_COLOUR, ESTIMATED_COLOUR, BUDGET_COLOUR = "#1f6fb4", "#e07b00", "#c0392
 
 def write_html(report: dict, run_dir: Path) -> Path:
     """Write report.html, accuracy_latency.png and layers.png into `run_dir`; return the HTML's path."""
+    import matplotlib
+
     run_dir = Path(run_dir)
     plots = {}
-    for name, draw in ((ACCURACY_LATENCY_PNG, _accuracy_latency_png), (LAYERS_PNG, _layers_png)):
-        png = draw(report)
-        atomic_write_bytes(run_dir / name, png)
-        plots[name] = png
-    path_png = _prune_path_png(report)
+    # names in labels (a target, a layer) are text: a "$...$" in one is not mathtext to render
+    with matplotlib.rc_context({"text.parse_math": False}):
+        for name, draw in ((ACCURACY_LATENCY_PNG, _accuracy_latency_png), (LAYERS_PNG, _layers_png)):
+            png = draw(report)
+            atomic_write_bytes(run_dir / name, png)
+            plots[name] = png
+        path_png = _prune_path_png(report)
     if path_png is not None:
         atomic_write_bytes(run_dir / PRUNE_PATH_PNG, path_png)
         plots[PRUNE_PATH_PNG] = path_png

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,7 +69,8 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+    # a file name that is not UTF-8 (kept by Python as surrogates) is written escaped, not refused
+    atomic_write_bytes(path, text.encode("utf-8", "backslashreplace"))
 
 
 def atomic_write_json(path: Path, payload: object) -> None:
@@ -87,7 +89,10 @@ def atomic_output(path: Path):
     path = Path(path)
     with disk_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.partial")
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)  # O_EXCL: ours
+        os.fchmod(fd, 0o666 & ~_umask())
+        os.close(fd)
+        tmp = Path(name)
         try:
             yield tmp
             with open(tmp, "rb+") as handle:
@@ -125,9 +130,9 @@ class RunFolder:
     def create(self) -> "RunFolder":
         with disk_errors(self.root):
             self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
+            fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=self.root)  # a new file, never a planted link
+            os.close(fd)
+            os.unlink(probe)
         return self
 
     def path(self, name: str) -> Path:
@@ -169,6 +174,34 @@ class RunFolder:
 
 OWNER = ".edgekd-run.json"  # written by edgekd in every folder it creates: the run's id
 LOCK = ".edgekd.lock"  # flock()ed for the run's lifetime; holds the holder's pid, host and start
+
+
+def _link_refusal(root: Path, link: Path) -> str:
+    return (f"run folder {root} holds a symbolic link, {link.relative_to(root)} -> {os.readlink(link)}: edgekd writes "
+            "only files it created in the run folder; remove the link")
+
+
+def refuse_links(root: Path) -> None:
+    """A run writes only regular files it created in its own folder: a symbolic link (or a FIFO,
+    a device) planted there, which a write would follow out of the folder, is refused up front."""
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            entry = Path(folder) / name
+            mode = os.lstat(entry).st_mode
+            if stat.S_ISLNK(mode):
+                raise BadInputError(_link_refusal(root, entry))
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise BadInputError(f"run folder {root}: {entry.relative_to(root)} is not a regular file; remove it")
+
+
+def remove_orphans(root: Path) -> None:
+    """Temporary files a killed run left (`.NAME.*.tmp`, `.NAME.*.partial`: edgekd's own names, never a
+    final one): removed once the folder is locked, so no one else can be writing them."""
+    with disk_errors(root):
+        for pattern in (".*.tmp", ".*.partial"):
+            for orphan in root.rglob(pattern):
+                if orphan.is_file() and not orphan.is_symlink():
+                    orphan.unlink()
 
 
 def _holder(lock: Path) -> str:
@@ -227,8 +260,16 @@ class RunLock:
         import datetime as dt
 
         self.path = root / LOCK
-        with disk_errors(self.path):
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            with disk_errors(self.path):
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+        except EnvironmentProblem:
+            if self.path.is_symlink():
+                raise BadInputError(_link_refusal(root, self.path)) from None
+            raise
+        if not stat.S_ISREG(os.fstat(self._fd).st_mode):
+            os.close(self._fd)
+            raise BadInputError(f"run folder {root}: {LOCK} is not a regular file; remove it")
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -279,6 +320,8 @@ def claim(root: Path | None, default: Path, *, resume: bool = False, overwrite: 
         why = None if created else _refusal(root, resume, overwrite)  # again, now that no one else can write
         if why:
             raise BadInputError(why)
+        refuse_links(root)
+        remove_orphans(root)
         run = RunFolder(root).create()
         owner = root / OWNER
         if not resume or not owner.is_file():  # a new run gets a new id; a resumed one keeps its own

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.config import ExportConfig, Runtime, Target
+from edgekd.config import ExportConfig, Target
 from edgekd.errors import EdgekdError
 
 ORT_FILE = "student.int8.ort"
@@ -30,7 +30,9 @@ OPS_CONFIG = "student.int8.required_operators.config"  # for a reduced ONNX Runt
 
 def wants_ort_format(target: Target) -> bool:
     """ONNX Runtime on an Arm CPU: the targets whose deployable file is the ORT format."""
-    return target.runtime is Runtime.ONNXRUNTIME_CPU and target.machine == "aarch64"
+    from edgekd.runtimes import backend
+
+    return backend(target).mobile_format and target.machine == "aarch64"
 
 
 def convert_to_ort(onnx_path: Path, ort_path: Path) -> Path:

@@ -298,14 +298,18 @@ def _qdq_pair(graph, tensor: str, value_range: tuple[float, float], consumers: l
 
 
 def _quantize_weight(graph, node, weight) -> object:
-    """INT8 per-output-channel symmetric weight + DequantizeLinear feeding `node`."""
+    """INT8 per-output-channel symmetric weight + DequantizeLinear feeding `node`, in the bits ONNX
+    Runtime computes exactly on this CPU (`int8_weight_bits`: +-127, or +-63 without VNNI)."""
     from onnx import helper, numpy_helper
 
+    from edgekd.runtimes.onnxruntime import int8_weight_bits
+
+    top = 2 ** (int8_weight_bits() - 1) - 1
     values = numpy_helper.to_array(weight).astype(np.float32)
     flat = np.abs(values.reshape(values.shape[0], -1)).max(axis=1)
-    scale = np.maximum(flat / 127.0, 1e-12).astype(np.float32)
+    scale = np.maximum(flat / top, 1e-12).astype(np.float32)
     shape = (-1,) + (1,) * (values.ndim - 1)
-    quantized = np.clip(np.round(values / scale.reshape(shape)), -127, 127).astype(np.int8)
+    quantized = np.clip(np.round(values / scale.reshape(shape)), -top, top).astype(np.int8)
     base = f"{weight.name}_int8"
     graph.initializer.extend([numpy_helper.from_array(quantized, base),
                               numpy_helper.from_array(scale, f"{base}.scale"),

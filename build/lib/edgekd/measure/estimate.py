@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.config import Precision, Runtime, Target
+from edgekd.config import Precision, Target
 from edgekd.errors import BadInputError
 from edgekd.measure.latency import Latency
 
@@ -85,9 +85,9 @@ def estimate_layers(path: Path, target: Target, batch: int) -> list[LayerEstimat
     model = _load_with_batch(Path(path), batch)
     shapes = _shapes(model)
     producers = {out: node for node in model.graph.node for out in node.output}
-    float_precision = "fp16" if target.runtime is Runtime.TENSORRT and target.precision is not Precision.FP32 else "fp32"
-    if target.precision is Precision.FP32:
-        float_precision = "fp32"
+    from edgekd.runtimes import backend
+
+    float_precision = "fp32" if target.precision is Precision.FP32 else backend(target).float_precision
     peaks = {"int8": target.hardware.int8_tops * 1e12, "fp16": target.hardware.fp16_tflops * 1e12,
              "fp32": target.hardware.fp32_tflops * 1e12}
     bandwidth = target.hardware.memory_bandwidth_gbs * 1e9

@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekd.config import Runtime, Target
+from edgekd.config import Target
 from edgekd.measure.device import matches, this_machine
 from edgekd.measure.estimate import estimate_latency
 from edgekd.measure.latency import Latency
+from edgekd.runtimes import backend
 
 
 def off_target_label(target: Target) -> str:
@@ -33,16 +34,7 @@ def measurable_here(target: Target, measure_here: bool = False) -> tuple[bool, s
     on_device, why = on_target_device(target)
     if not on_device and not measure_here:
         return False, f"not the target's device: {why} (run there, or pass --measure-here)"
-    if target.runtime is Runtime.ONNXRUNTIME_CPU:
-        return True, ""
-    if target.runtime is Runtime.OPENVINO_CPU:
-        from edgekd.runtimes.openvino import openvino_available
-
-        return openvino_available()
-    from edgekd.runtimes.tensorrt import tensorrt_available
-
-    available, why = tensorrt_available()
-    return (True, "") if available else (False, f"TensorRT is not available here ({why})")
+    return backend(target).available()
 
 
 @dataclass(frozen=True)
@@ -65,20 +57,11 @@ def target_latency(onnx_path: Path, target: Target, batch: int | None = None, la
     can_measure, why = measurable_here(target, measure_here)
     on_device = on_target_device(target)[0]
     note = "" if on_device else off_target_label(target)
-    if can_measure and target.runtime is Runtime.ONNXRUNTIME_CPU:
-        from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner
-
-        measured = OnnxRuntimeRunner(onnx_path, target.threads).measure(batch, label=label)
+    runtime = backend(target)
+    model = engine if runtime.needs_engine else onnx_path
+    if can_measure and model is not None:
+        measured = runtime.runner(model, target.threads).measure(batch, label=label)
         return TargetLatency(measured, estimate, note, on_device)
-    if can_measure and target.runtime is Runtime.OPENVINO_CPU:
-        from edgekd.runtimes.openvino import OpenVinoRunner
-
-        measured = OpenVinoRunner(onnx_path, target.threads).measure(batch, label=label)
-        return TargetLatency(measured, estimate, note, on_device)
-    if can_measure and engine is not None:
-        from edgekd.runtimes.tensorrt import TensorRTRunner
-
-        return TargetLatency(TensorRTRunner(engine).measure(batch, label=label), estimate, note, on_device)
     if can_measure:
         why = "no TensorRT engine was built for this model"
     return TargetLatency(estimate, estimate, why, False)

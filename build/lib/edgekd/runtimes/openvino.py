@@ -77,3 +77,26 @@ class OpenVinoRunner(Runner):
     def example_input(self, batch: int) -> np.ndarray:
         dims = tuple(d if isinstance(d, int) else 1 for d in self.input_shape[1:])
         return np.random.default_rng(0).standard_normal((batch, *dims)).astype(np.float32)
+
+
+def profile_layers(path: Path, threads: int, batch: int, runs: int = 30) -> list[dict]:
+    """Mean time per executed layer from OpenVINO's own performance counters ("PERF_COUNT"):
+    [{name, op, ms}], slowest first. OpenVINO fuses Q/DQ into its layers, so these are its layers,
+    not the ONNX file's nodes."""
+    core = _core()
+    model = core.read_model(str(path))
+    shape = [d.get_length() if d.is_static else 1 for d in model.inputs[0].get_partial_shape()]
+    model.reshape({model.inputs[0]: [batch, *shape[1:]]})
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                                                 "NUM_STREAMS": 1, "PERF_COUNT": True})
+    request = compiled.create_infer_request()
+    images = np.random.default_rng(0).standard_normal((batch, *shape[1:])).astype(np.float32)
+    totals: dict[str, list] = {}
+    for _ in range(runs):
+        request.infer({0: images})
+        for info in request.profiling_info:
+            if info.status.name == "EXECUTED":
+                op, seconds = totals.setdefault(info.node_name, [info.node_type, 0.0])
+                totals[info.node_name][1] = seconds + info.real_time.total_seconds()
+    rows = [{"name": name, "op": op, "ms": 1000.0 * seconds / runs} for name, (op, seconds) in totals.items()]
+    return sorted(rows, key=lambda r: r["ms"], reverse=True)

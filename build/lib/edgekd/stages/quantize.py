@@ -57,10 +57,12 @@ def use_eager_fake_quant() -> None:
 
 
 def quantize_with_nncf(model: nn.Module, calibration: torch.utils.data.Dataset, samples: int,
-                       scheme: ActivationScheme, batch_size: int = 128, seed: int = 0, weight_bits: int = 8) -> nn.Module:
+                       scheme: ActivationScheme, batch_size: int = 128, seed: int = 0,
+                       weight_bits: int | None = None) -> nn.Module:
     """Fold BatchNorms, then insert NNCF's INT8 fake quantizers calibrated on `samples` images,
     drawn at random with every class in proportion (never the first N of a class-sorted folder).
-    `weight_bits=7`: weights use half the INT8 range (see `int8_weight_bits`)."""
+    `weight_bits`: 8, or 7 (half the INT8 range); by default what ONNX Runtime computes exactly on
+    this CPU (`int8_weight_bits`), so every file made here is checked against what it computes."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
 
@@ -81,7 +83,7 @@ def quantize_with_nncf(model: nn.Module, calibration: torch.utils.data.Dataset, 
         force_signed_activations(quantized)
     elif scheme is ActivationScheme.ASYMMETRIC:
         pin_zero_points(quantized)
-    if weight_bits == 7:
+    if (weight_bits or int8_weight_bits()) == 7:
         halve_weight_ranges(quantized)
     return quantized
 

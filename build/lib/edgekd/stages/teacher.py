@@ -13,6 +13,7 @@ of real images must give one logit per class.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -26,8 +27,8 @@ from edgekd.config import Profile, fingerprint
 from edgekd.data import DataBundle, augmentations
 from edgekd.errors import BadInputError, EnvironmentProblem
 from edgekd.losses import CrossEntropyObjective
-from edgekd.models import ExportedTeacher, ModelSpec, load_teacher, save_checkpoint
-from edgekd.runfolder import atomic_write_text, sha256
+from edgekd.models import ExportedTeacher, ModelSpec, checkpoint_payload, load_teacher, save_checkpoint
+from edgekd.runfolder import atomic_write_bytes, atomic_write_text, sha256
 from edgekd.progress import info
 from edgekd.train import TrainPlan, fit
 
@@ -43,6 +44,7 @@ class TeacherSource:
     path_or_name: str | None = None
     arch: str | None = None  # for a bare state dict
     weights: str | None = None  # for a named architecture
+    trust_torchscript: bool = False  # TorchScript is code: loaded only when the user says so, never saved
 
 
 @dataclass
@@ -56,7 +58,8 @@ class Teacher:
 
 def obtain_teacher(source: TeacherSource, profile: Profile, data: DataBundle, cache_dir: Path) -> Teacher:
     if source.path_or_name is not None:
-        model, spec = load_teacher(source.path_or_name, data.num_classes, data.input_shape, source.arch, source.weights)
+        model, spec = load_teacher(source.path_or_name, data.num_classes, data.input_shape, source.arch, source.weights,
+                                   source.trust_torchscript)
         check_teacher(model, spec, data, source.path_or_name)
         file = Path(source.path_or_name)
         identity = {"file": str(file.resolve()), "size": file.stat().st_size, "mtime": file.stat().st_mtime} \
@@ -70,9 +73,9 @@ def obtain_teacher(source: TeacherSource, profile: Profile, data: DataBundle, ca
     if cached.is_file():
         verify_cache_entry(cached)
         model, spec = load_teacher(str(cached), data.num_classes, data.input_shape)
-        info(f"teacher: cached {cached}")
+        info("teacher: cached ", user_text=str(cached))
         return Teacher(model.eval(), spec, f"cache:{cached}", key, {"cached": True})
-    info(f"teacher: training {cfg.arch} for {cfg.epochs} epochs (cached afterwards in {cached.parent})")
+    info(f"teacher: training {cfg.arch} for {cfg.epochs} epochs ", user_text=f"(cached afterwards in {cached.parent})")
     torch.manual_seed(profile.seed)  # the initial weights too: the same recipe and seed give the same teacher
     model = spec.build()
     plan = TrainPlan(
@@ -83,8 +86,12 @@ def obtain_teacher(source: TeacherSource, profile: Profile, data: DataBundle, ca
     progress = cache_dir / "teachers" / f".{cfg.arch}-{key}.progress.pt"
     log = fit(model, CrossEntropyObjective(), data.train, plan, label="teacher", checkpoint=progress, fingerprint=key)
     if distributed.is_main():
-        save_checkpoint(model, spec, cached)
-        atomic_write_text(_checksum_file(cached), sha256(cached) + "\n")
+        # the checksum first, then the entry: a kill between them leaves no entry (it retrains), never
+        # a valid entry without its checksum (refused as corrupt)
+        buffer = io.BytesIO()
+        torch.save(checkpoint_payload(model, spec), buffer)
+        atomic_write_text(_checksum_file(cached), hashlib.sha256(buffer.getvalue()).hexdigest() + "\n")
+        atomic_write_bytes(cached, buffer.getvalue())
         progress.unlink(missing_ok=True)
     distributed.barrier()
     return Teacher(model.eval(), spec, "trained", key, {"cached": False, "epoch_losses": log.epoch_losses})
@@ -138,7 +145,7 @@ def _content(dataset, name: str) -> object:
         digest = hashlib.sha256()
         for path, label in samples:
             stat = Path(path).stat()
-            digest.update(f"{Path(path).relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\0{label}\n".encode())
+            digest.update(os.fsencode(Path(path).relative_to(root)) + f"\0{stat.st_size}\0{stat.st_mtime_ns}\0{label}\n".encode())
         return {"files": len(samples), "digest": digest.hexdigest()}
     if isinstance(dataset, TensorDataset) and name == "fashion-mnist":
         from edgekd.data import FASHION_MNIST_DIR
