@@ -246,7 +246,8 @@ def _budget(ctx: StageContext, records: list[dict], latency: dict, note: str) ->
 def pruning_line(fit: dict, budget: dict) -> dict:
     """Budget pruning's own account, worded so it cannot contradict the verdict: pruning that
     stopped short of its margin is a note when the shipped student meets the budget all the same,
-    and the named reason of the miss when it does not. The exit code follows `budget["met"]` only."""
+    and the named reason of the miss when it does not. The exit code follows the verdict only
+    (`exit_code(budget)`)."""
     latency_met = all(v for k, v in budget["checks"].items() if k != "accuracy")
     if fit["met"]:
         state, line = "fitted", fit["message"]

@@ -283,6 +283,7 @@ h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 8p
 .meta { color: #5a6570; font-size: 13px; }
 .verdict { border-radius: 6px; padding: 14px 18px; margin: 18px 0; border: 2px solid; }
 .verdict.met { background: #e8f6ec; border-color: #2e8b57; } .verdict.missed { background: #fdecea; border-color: #c0392b; }
+.verdict.notshown { background: #fdf6e3; border-color: #b58900; } .notshown .word { color: #8a6d00; }
 .verdict .word { font-size: 24px; font-weight: 700; letter-spacing: 0.5px; }
 .met .word { color: #1e7a45; } .missed .word { color: #b03025; }
 .verdict .line { margin-top: 4px; }
@@ -354,7 +355,8 @@ def _verdict(report: dict) -> str:
                    "run <code>edgekd bench</code> on the device to confirm it.</div>")
     lines = [budget.get("verdict", ""), (budget.get("accuracy") or {}).get("verdict"),
              (budget.get("teacher") or {}).get("line")]
-    return (f'<div class="verdict {"met" if met else "missed"}">'
+    css = {"MET": "met", "NOT SHOWN": "notshown"}.get(state, "missed")
+    return (f'<div class="verdict {css}">'
             f'<span class="word">BUDGET {_e(state)}</span> {_tag(source)} {checks}'
             + "".join(f'<div class="line">{_e(line)}</div>' for line in lines if line) + f'{caution}</div>')
 
