@@ -4,6 +4,7 @@ from any directory, because they are package data, not files beside the reposito
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,9 +12,13 @@ from tests.conftest import REPO
 
 
 def test_a_non_editable_install_finds_its_targets_and_profiles_from_any_directory(tmp_path):
+    source = tmp_path / "source"  # a copy: setuptools writes build/ beside the sources it builds
+    shutil.copytree(REPO / "edgekd", source / "edgekd", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
     site = tmp_path / "site"
     built = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                            "--target", str(site), str(REPO)], capture_output=True, text=True, timeout=300)
+                            "--target", str(site), str(source)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-2000:]
     assert {p.name for p in (site / "edgekd" / "targets").glob("*.toml")} >= {"host-cpu.toml", "jetson-orin-nano.toml"}
     elsewhere = tmp_path / "elsewhere"
