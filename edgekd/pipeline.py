@@ -155,8 +155,6 @@ def record_stage(name: str, model: nn.Module, ctx: StageContext, *, precision: s
         "test_images": len(test_hits),
         "test_correct": pack_hits(test_hits),  # per test image, for the paired accuracy verdict
         "val_accuracy": float(val_hits.mean()),
-        "val_images": len(val_hits),
-        "val_correct": pack_hits(val_hits),  # per validation image, for the paired accuracy verdict
         "params": counts[1],
         "macs": counts[0],
         "size_bytes": path.stat().st_size,

@@ -72,7 +72,7 @@ def plant_student(run_dir: Path, factor: float, out: Path) -> tuple[Path, int, i
     from edgekd.models import create_model
     from edgekd.onnx_export import export_onnx
     from edgekd.pipeline import read_report
-    from edgekd.runtimes.onnxruntime import int8_weight_bits, store_int8_weights
+    from edgekd.runtimes.onnxruntime import store_int8_weights
     from edgekd.stages.quantize import quantize_with_nncf, strip_to_qdq
 
     report = read_report(Path(run_dir) / "report.json")
@@ -88,6 +88,5 @@ def plant_student(run_dir: Path, factor: float, out: Path) -> tuple[Path, int, i
             break
         width = round(width + 0.01, 2)
     scheme = ActivationScheme(report["target"]["activations"])
-    quantized = quantize_with_nncf(model, Subset(data.train, range(256)), 256, scheme,
-                                   weight_bits=int8_weight_bits())
+    quantized = quantize_with_nncf(model, Subset(data.train, range(256)), 256, scheme)  # this CPU's weight bits
     return store_int8_weights(export_onnx(strip_to_qdq(quantized, example), example, Path(out))), macs, final_macs

@@ -31,8 +31,7 @@ def trained_student(fashion_slice):
 
 @pytest.fixture(scope="module", params=list(ActivationScheme))
 def int8_student(request, trained_student, fashion_slice, tmp_path_factory, test_images):
-    quantized = quantize_with_nncf(trained_student, fashion_slice.train, 256, request.param,
-                                   weight_bits=int8_weight_bits())  # as the quantize stage does
+    quantized = quantize_with_nncf(trained_student, fashion_slice.train, 256, request.param)  # this CPU's weight bits
     fit(quantized, CrossEntropyObjective(), fashion_slice.train, TrainPlan(1, 0.01, 0, 64, 0), label="QAT")
     stripped = strip_to_qdq(quantized, test_images)
     path = store_int8_weights(export_onnx(stripped, test_images, tmp_path_factory.mktemp("q") / "student.int8.onnx"))

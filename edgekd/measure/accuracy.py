@@ -43,16 +43,15 @@ def accuracy_floor(teacher_val_accuracy: float, profile: Profile, target: Target
 MET, MISSED, NOT_SHOWN = "MET", "MISSED", "NOT SHOWN"
 
 
-def paired_drop(teacher: dict, student: dict, confidence: float, split: str = "test") -> tuple[float, float, int, float]:
+def paired_drop(teacher: dict, student: dict, confidence: float) -> tuple[float, float, int, float]:
     """(drop, upper bound of the drop, images, spread), in points, from two records' per-image
-    results on the same images of `split`; without them (an older record) the bound is the drop
-    itself. `spread`: the standard deviation of the per-image difference (0/1 minus 0/1)."""
-    key = "accuracy" if split == "test" else "val_accuracy"
-    drop = 100.0 * (teacher[key] - student[key])
-    if not teacher.get(f"{split}_correct") or not student.get(f"{split}_correct") or f"{split}_images" not in teacher:
+    results on the same test images; without them (an older record) the bound is the drop itself.
+    `spread`: the standard deviation of the per-image difference (0/1 minus 0/1)."""
+    drop = 100.0 * (teacher["accuracy"] - student["accuracy"])
+    if not teacher.get("test_correct") or not student.get("test_correct") or "test_images" not in teacher:
         return drop, drop, 0, 0.0
-    n = teacher[f"{split}_images"]
-    diff = unpack_hits(teacher[f"{split}_correct"], n).astype(float) - unpack_hits(student[f"{split}_correct"], n).astype(float)
+    n = teacher["test_images"]
+    diff = unpack_hits(teacher["test_correct"], n).astype(float) - unpack_hits(student["test_correct"], n).astype(float)
     spread = float(diff.std(ddof=1)) if n > 1 else 1.0
     # a difference never seen (no disagreements) still has the uncertainty of one in n
     spread = max(spread, 1.0 / math.sqrt(n))
