@@ -125,8 +125,9 @@ def print_report(report: dict, run_dir: Path, boxed: bool | None = None) -> None
         out.print(f"latency note: {note}", markup=False, highlight=False)
     budget = report["budget"]
     latency_met = all(v for k, v in budget["checks"].items() if k != "accuracy")
+    colour = "[yellow]" if budget.get("latency_state") == "NOT SHOWN" else "[green]" if latency_met else "[red]"
     # verdicts are one line each, never wrapped: CI logs grep them
-    out.print(("[green]" if latency_met else "[red]") + escape(budget["verdict"]), highlight=False, soft_wrap=True)
+    out.print(colour + escape(budget["verdict"]), highlight=False, soft_wrap=True)
     if "accuracy" in budget:
         state = budget["accuracy"].get("state") or ("MET" if budget["accuracy"]["met"] else "MISSED")
         out.print({"MET": "[green]", "NOT SHOWN": "[yellow]"}.get(state, "[red]") + escape(budget["accuracy"]["verdict"]),
@@ -207,7 +208,30 @@ def bench(
         listing.emit_json(result.as_dict())
     else:
         out.print(result.summary, highlight=False, markup=False)
-    raise typer.Exit(int(ExitCode.OK if result.met else ExitCode.BUDGET_MISSED))
+    state = (result.budget or {}).get("state", "MET" if result.met else "MISSED")
+    raise typer.Exit(int({"MET": ExitCode.OK, "NOT SHOWN": ExitCode.NOT_SHOWN}.get(state, ExitCode.BUDGET_MISSED)))
+
+
+@app.command()
+def calibrate(
+    reports: Annotated[list[Path], typer.Argument(help="`edgekd bench --json` reports measured on the device (3 or more).")],
+    target: Annotated[str, typer.Option(help="Target name or TOML file to refit.")] = "host-cpu",
+    out_file: Annotated[Path, typer.Option("--out", help="Where to write the calibrated target file.")] = Path("calibrated.toml"),
+) -> None:
+    """Refit a target's latency estimate to timings measured on its device; writes a target file whose error range is shown on models left out of the fit."""
+    from edgekd.measure.calibrate import refit_target
+    from edgekd.runfolder import atomic_write_text
+
+    refit = refit_target(target, reports)
+    atomic_write_text(out_file, refit.text)
+    for row in refit.rows:
+        out.print(f"{row['model']} ({row['precision']}): measured {row['measured_ms']:.3f} ms; estimated "
+                  f"{row['before_ms']:.3f} ms before, {row['after_ms']:.3f} ms after (fitted without it)",
+                  highlight=False, markup=False)
+    err = refit.calibration.error
+    out.print(f"calibrated target written to {out_file}: estimated / measured from {err.low:.3f} to {err.high:.3f} "
+              f"(median error {err.median:.3f}x, worst {err.worst:.3f}x, on models left out of the fit); "
+              f"use it with --target {out_file}", highlight=False, markup=False)
 
 
 class NotShown(str, enum.Enum):

@@ -91,6 +91,49 @@ class Hardware(Strict):
     layer_overhead_us: Annotated[float, Field(ge=0)]
 
 
+class Efficiencies(Strict):
+    """Achieved fraction of the peak, per layer kind (edgekd.measure.estimate.layer_kind): conv,
+    pointwise and fc of the precision's peak ops; depthwise, pool and memory (elementwise) of the
+    bandwidth, by the bytes they move; plus the time every layer costs."""
+
+    conv: Annotated[float, Field(gt=0, le=1)]
+    depthwise: Annotated[float, Field(gt=0, le=1)]
+    pointwise: Annotated[float, Field(gt=0, le=1)]
+    fc: Annotated[float, Field(gt=0, le=1)]
+    pool: Annotated[float, Field(gt=0, le=1)]
+    memory: Annotated[float, Field(gt=0, le=1)]
+    layer_us: Annotated[float, Field(ge=0)]
+
+
+class EstimateError(Strict):
+    """estimated / measured on the points a calibration was checked on: the measured time lies in
+    [estimate / high, estimate / low]."""
+
+    low: Positive
+    high: Positive
+    points: PositiveInt
+    worst: Positive | None = None  # max(r, 1/r) over the points
+    median: Positive | None = None  # median of max(r, 1/r)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.low > self.high:
+            raise ValueError("estimate error: low must not exceed high")
+        return self
+
+
+class Calibration(Strict):
+    """A target's fitted efficiencies (edgekd calibrate, benchmarks/calibrate_estimator.py): per
+    precision, with the error measured on points the fit did not use, and where the points came from."""
+
+    source: str
+    fitted_on: str = ""
+    int8: Efficiencies | None = None
+    fp16: Efficiencies | None = None
+    fp32: Efficiencies | None = None
+    error: EstimateError
+
+
 class TargetDevice(Strict):
     """Which physical device a target's budget is for: latency counts as measured only on a machine
     that matches (edgekd.measure.device). Every criterion given must hold; a list holds when any
@@ -152,6 +195,7 @@ class Target(Strict):
     # a target may tighten the profile's accuracy budget (points of top-1 against the teacher)
     max_accuracy_drop: Annotated[float, Field(ge=0, le=100)] | None = None
     hardware: Hardware
+    calibration: Calibration | None = None  # fitted per-layer-kind efficiencies; None: the plain roofline
 
     @property
     def activation_scheme(self) -> ActivationScheme:
@@ -413,6 +457,11 @@ def _load(model, name_or_path: str, directory: Path, kind: str):
 def load_target(name_or_path: str) -> Target:
     """A target by name (targets/NAME.toml or an alias) or by path to a TOML file."""
     return _load(Target, name_or_path, TARGETS_DIR, "target")
+
+
+def resolve_target_path(name_or_path: str) -> Path:
+    """The TOML file a target name, alias or path stands for."""
+    return _resolve(name_or_path, TARGETS_DIR, "target")
 
 
 def load_profile(name_or_path: str) -> Profile:

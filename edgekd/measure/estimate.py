@@ -1,7 +1,13 @@
-"""Latency where the target is not here: a per-layer roofline over the exported ONNX graph.
+"""Latency where the target is not here: a per-layer model over the exported ONNX graph.
 
-For each layer: time = max(2 * MACs / peak ops of its precision, bytes moved / bandwidth)
-+ the target's per-layer overhead; the model's latency is the sum. Quantize/dequantize pairs,
+Each layer has a kind (`layer_kind`: dense, depthwise or pointwise convolution, fully connected,
+or memory-bound: elementwise, pooling). A target with a `[calibration]` table (fitted on
+published and measured timings: docs/latency_estimate.md) times a compute layer at its kind's
+achieved fraction of the precision's peak, a memory-bound layer at its fraction of the bandwidth,
+plus a fitted per-layer cost. A target without one gets the plain roofline: time = max(2 * MACs /
+peak ops, bytes moved / bandwidth) + the target's per-layer overhead. The model's latency is the
+sum, with an interval from the estimator's measured error: the calibration's own, or for the
+plain roofline the error it showed on the published data (`ROOFLINE_ERROR`). Quantize/dequantize pairs,
 reshapes and activations that runtimes fuse into the preceding layer cost nothing. A layer runs
 in INT8 when its input comes from a DequantizeLinear (a QDQ graph), else in the target's float
 precision. It is an estimate of the typical (p50) time only, with p90/p99 left null: the report
@@ -23,8 +29,15 @@ from edgekd.measure.latency import Latency
 FREE_OPS = {
     "QuantizeLinear", "DequantizeLinear", "Identity", "Flatten", "Reshape", "Shape", "Constant",
     "Squeeze", "Unsqueeze", "Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "LeakyRelu",
-    "Gather", "Concat", "Cast", "Dropout", "Transpose",
+    "Gather", "Concat", "Cast", "Dropout", "Transpose", "BatchNormalization",  # fused into the conv before it
 }
+KINDS = ("conv", "depthwise", "pointwise", "fc", "pool", "memory")
+POOLS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "ReduceMean", "ReduceMax"}
+# estimated / measured of the plain roofline over every point in
+# edgekd/targets/calibration/published.csv and this machine's ONNX Runtime timings
+# (benchmarks/calibrate_estimator.py; table in docs/latency_estimate.md). The roofline runs at peak,
+# so it is rarely slow; how much faster than real it is, is what the interval must cover.
+ROOFLINE_ERROR = (0.137, 1.072)
 BYTES = {"int8": 1, "fp16": 2, "fp32": 4}
 
 
@@ -32,6 +45,7 @@ BYTES = {"int8": 1, "fp16": 2, "fp32": 4}
 class LayerEstimate:
     name: str
     op: str
+    kind: str  # one of KINDS
     precision: str
     macs: int
     bytes: int
@@ -81,38 +95,92 @@ def _macs(node, shapes) -> int:
     return 0
 
 
-def estimate_layers(path: Path, target: Target, batch: int) -> list[LayerEstimate]:
+def layer_kind(node, shapes) -> str:
+    """Which efficiency a layer runs at: runtimes reach very different fractions of peak on a
+    depthwise 3x3 (little reuse, memory-bound) and a dense 3x3 convolution of the same MACs."""
+    if node.op_type in ("Gemm", "MatMul"):
+        return "fc"
+    if node.op_type in POOLS:
+        return "pool"
+    if node.op_type != "Conv":
+        return "memory"
+    weight = shapes.get(node.input[1]) if len(node.input) > 1 else None
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    if weight is not None and group > 1 and weight[1] == 1:
+        return "depthwise"
+    if weight is not None and group == 1 and all(k == 1 for k in weight[2:]):
+        return "pointwise"
+    return "conv"
+
+
+def graph_layers(path: Path, batch: int, precision: str | None = None, float_precision: str = "fp32"):
+    """(name, op, kind, precision, MACs, bytes) of every layer that costs time: the features both the
+    estimate and the calibration fit read. `precision` forces one for all layers (a published
+    INT8 timing of an FP32-exported architecture); else a layer is INT8 when its input comes from a
+    DequantizeLinear."""
     model = _load_with_batch(Path(path), batch)
     shapes = _shapes(model)
     producers = {out: node for node in model.graph.node for out in node.output}
-    from edgekd.runtimes import backend
-
-    float_precision = "fp32" if target.precision is Precision.FP32 else backend(target).float_precision
-    peaks = {"int8": target.hardware.int8_tops * 1e12, "fp16": target.hardware.fp16_tflops * 1e12,
-             "fp32": target.hardware.fp32_tflops * 1e12}
-    bandwidth = target.hardware.memory_bandwidth_gbs * 1e9
-    overhead_ms = target.hardware.layer_overhead_us / 1000.0
-    layers = []
+    rows = []
     for index, node in enumerate(model.graph.node):
         if node.op_type in FREE_OPS:
             continue
         source = producers.get(node.input[0]) if node.input else None
-        precision = "int8" if source is not None and source.op_type == "DequantizeLinear" else float_precision
-        macs = _macs(node, shapes)
+        layer_precision = precision or ("int8" if source is not None and source.op_type == "DequantizeLinear"
+                                        else float_precision)
         elements = sum(int(np.prod(shapes[t])) for t in list(node.input) + list(node.output) if t in shapes)
-        moved = elements * BYTES[precision]
-        compute_s = 2 * macs / peaks[precision]
-        ms = max(compute_s, moved / bandwidth) * 1000.0 + overhead_ms
-        layers.append(LayerEstimate(node.name or f"{node.op_type}_{index}", node.op_type, precision, macs, moved, ms))
-    return layers
+        rows.append((node.name or f"{node.op_type}_{index}", node.op_type, layer_kind(node, shapes), layer_precision,
+                     _macs(node, shapes), elements * BYTES[layer_precision]))
+    return rows
+
+
+def peaks(target: Target) -> dict[str, float]:
+    """Peak ops per second of each precision on `target`."""
+    return {"int8": target.hardware.int8_tops * 1e12, "fp16": target.hardware.fp16_tflops * 1e12,
+            "fp32": target.hardware.fp32_tflops * 1e12}
+
+
+def layer_ms(kind: str, precision: str, macs: int, moved: int, target: Target) -> float:
+    """One layer's time on `target`: calibrated where the target has efficiencies for `precision`."""
+    bandwidth = target.hardware.memory_bandwidth_gbs * 1e9
+    fitted = getattr(target.calibration, precision, None) if target.calibration is not None else None
+    if fitted is None:
+        seconds = max(2 * macs / peaks(target)[precision], moved / bandwidth)
+        return seconds * 1000.0 + target.hardware.layer_overhead_us / 1000.0
+    if kind in ("memory", "pool", "depthwise"):
+        seconds = moved / (getattr(fitted, kind) * bandwidth)
+    else:
+        seconds = 2 * macs / (getattr(fitted, kind) * peaks(target)[precision])
+    return seconds * 1000.0 + fitted.layer_us / 1000.0
+
+
+def estimate_error(target: Target, precisions: set[str]) -> tuple[float, float, str]:
+    """(low, high) of estimated / measured for this estimate, and what that range rests on."""
+    calibration = target.calibration
+    if calibration is not None and all(getattr(calibration, p, None) is not None for p in precisions):
+        return calibration.error.low, calibration.error.high, (
+            f"calibrated on {calibration.fitted_on}; error range from {calibration.error.points} timed points")
+    low, high = ROOFLINE_ERROR
+    return low, high, "uncalibrated roofline (its error on the published data)"
+
+
+def estimate_layers(path: Path, target: Target, batch: int) -> list[LayerEstimate]:
+    from edgekd.runtimes import backend
+
+    float_precision = "fp32" if target.precision is Precision.FP32 else backend(target).float_precision
+    return [LayerEstimate(name, op, kind, precision, macs, moved, layer_ms(kind, precision, macs, moved, target))
+            for name, op, kind, precision, macs, moved in graph_layers(path, batch, float_precision=float_precision)]
 
 
 def estimate_latency(path: Path, target: Target, batch: int | None = None) -> tuple[Latency, list[LayerEstimate]]:
     batch = batch or target.input.batch
     layers = estimate_layers(path, target, batch)
     total = sum(layer.ms for layer in layers)
-    runtime = f"roofline estimate for {target.name} ({target.runtime.value}, {target.precision.value})"
+    low, high, basis = estimate_error(target, {layer.precision for layer in layers})
+    kind = "calibrated estimate" if basis.startswith("calibrated") else "roofline estimate"
+    runtime = f"{kind} for {target.name} ({target.runtime.value}, {target.precision.value})"
     # p50 only: a roofline models the steady state, not the tail (scheduler preemption, DVFS,
     # thermal throttling, cache contention), and no source gives a p99/p50 factor that holds across
     # these devices. So p90/p99 stay None and the verdict marks the p99 check "not estimated".
-    return Latency(total, None, None, "estimated", runtime, batch, 0), layers
+    return Latency(total, None, None, "estimated", runtime, batch, 0, p50_low=total / high, p50_high=total / low,
+                   basis=basis), layers

@@ -20,6 +20,10 @@ class Latency:
     runtime: str  # e.g. "onnxruntime-cpu 1.22 (2 threads)", "roofline: jetson-orin-nano int8"
     batch: int
     runs: int = 0  # timed runs (0 for an estimate)
+    # an estimate's interval for p50, from the estimator's measured error (None when measured)
+    p50_low: float | None = None
+    p50_high: float | None = None
+    basis: str = ""  # what an estimate's interval rests on (calibrated, or the plain roofline)
 
     def as_dict(self) -> dict:
         return asdict(self)

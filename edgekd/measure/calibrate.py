@@ -1,0 +1,266 @@
+"""Fitting a target's per-layer-kind efficiencies to timings, and measuring the fit's error.
+
+A timing is a `Point`: one model's measured p50 on one device, with the model's per-kind MACs and
+bytes (`features`, from edgekd.measure.estimate.graph_layers) and the device's peak figures. The
+calibrated estimate is linear in the inverse efficiencies:
+
+    t = sum over kinds of 2 * MACs_kind / (eff_kind * peak) + bytes_memory / (eff_memory * bandwidth)
+        + layers * layer_us
+
+so the fit is a bounded linear least squares (efficiency <= 1: nothing beats the peak) on
+residuals relative to the measured time, since the verdict's error is a ratio. The points a
+calibration is judged on are never the ones it was fitted on: published data is split by model
+family (benchmarks/calibrate_estimator.py), a user's own timings by leaving one out
+(`edgekd calibrate`).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.config import Calibration, Efficiencies, EstimateError, Hardware
+from edgekd.measure.estimate import KINDS, graph_layers
+
+COMPUTE = ("conv", "depthwise", "pointwise", "fc")  # kinds with MACs
+# kinds timed by the bytes they move rather than their MACs: a 5x5 depthwise convolution has 2.8x
+# the MACs of a 3x3 one, but moves the same activations, and runtimes are bound by the latter
+BYTE_BOUND = ("depthwise", "pool", "memory")
+
+
+@dataclass(frozen=True)
+class Features:
+    """What the calibrated estimate reads from a graph: MACs per compute kind, the bytes that
+    memory-bound layers move, and how many layers cost time."""
+
+    macs: dict[str, int]
+    moved: dict[str, int]  # bytes in and out, per kind
+    layers: int
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.moved["memory"]
+
+    def as_dict(self) -> dict:
+        return {**{f"macs_{k}": self.macs.get(k, 0) for k in COMPUTE}, **{f"bytes_{k}": self.moved.get(k, 0) for k in KINDS},
+                "layers": self.layers}
+
+    @classmethod
+    def from_dict(cls, row: dict) -> "Features":
+        return cls({k: int(row[f"macs_{k}"]) for k in COMPUTE}, {k: int(row[f"bytes_{k}"]) for k in KINDS},
+                   int(row["layers"]))
+
+
+def graph_features(path: Path, batch: int = 1, precision: str | None = None) -> tuple[Features, str]:
+    """Features of an ONNX file, and the precision its compute layers run at ("int8" when any
+    does: a QDQ graph). `precision` forces one (a published INT8 timing of an FP32 graph)."""
+    rows = graph_layers(path, batch, precision=precision)
+    macs = {k: 0 for k in COMPUTE}
+    moved = {k: 0 for k in KINDS}
+    for _, _, kind, _, layer_macs, layer_bytes in rows:
+        moved[kind] += layer_bytes
+        if kind in macs:
+            macs[kind] += layer_macs
+    found = precision or ("int8" if any(r[3] == "int8" for r in rows) else "fp32")
+    return Features(macs, moved, len(rows)), found
+
+
+@dataclass(frozen=True)
+class Point:
+    model: str
+    family: str
+    precision: str
+    measured_ms: float
+    features: Features
+    hardware: Hardware
+    source: str = ""
+
+
+def _peak(hardware: Hardware, precision: str) -> float:
+    return {"int8": hardware.int8_tops, "fp16": hardware.fp16_tflops, "fp32": hardware.fp32_tflops}[precision] * 1e12
+
+
+def design_row(point: Point) -> np.ndarray:
+    """Seconds at 100% of peak per kind, the memory-bound seconds at full bandwidth, and the layer count."""
+    peak = _peak(point.hardware, point.precision)
+    bandwidth = point.hardware.memory_bandwidth_gbs * 1e9
+    return np.array([(point.features.moved[k] / bandwidth) if k in BYTE_BOUND else 2 * point.features.macs[k] / peak
+                     for k in KINDS] + [point.features.layers * 1e-6])
+
+
+def predict_ms(point: Point, efficiencies: Efficiencies) -> float:
+    inverse = np.array([1 / getattr(efficiencies, k) for k in KINDS] + [efficiencies.layer_us])
+    return float(design_row(point) @ inverse) * 1000.0
+
+
+def fit(points: list[Point], prior: Efficiencies | None = None, prior_weight: float = 0.0) -> Efficiencies:
+    """Efficiencies of one precision that minimise the relative error on `points`. With `prior`,
+    each coefficient is also pulled towards the prior's (weight `prior_weight` per coefficient),
+    so a handful of timings refines a calibration instead of overfitting it."""
+    from scipy.optimize import lsq_linear
+
+    if not points:
+        raise ValueError("no points to fit")
+    rows = np.stack([design_row(p) / (p.measured_ms / 1000.0) for p in points])
+    targets = np.ones(len(points))
+    # scale columns to comparable size so the solver's tolerance means the same for each
+    scale = np.maximum(np.abs(rows).max(axis=0), 1e-12)
+    if prior is not None and prior_weight > 0:
+        wanted = np.array([1 / getattr(prior, k) for k in KINDS] + [prior.layer_us])
+        rows = np.vstack([rows, np.diag(prior_weight * scale / np.maximum(wanted * scale, 1e-12))])
+        targets = np.concatenate([targets, np.full(len(wanted), prior_weight)])
+    lower = np.array([1.0] * len(KINDS) + [0.0]) * scale  # efficiency <= 1 (inverse >= 1); layer time >= 0
+    solved = lsq_linear(rows / scale, targets, bounds=(lower, np.full(len(lower), np.inf)))
+    inverse = solved.x / scale
+    unseen = np.abs(np.stack([design_row(p) for p in points])).max(axis=0) == 0
+    inverse[:-1][unseen[:-1]] = 1.0
+    # a kind the points never exercise is left at the bound (efficiency 1.0): say nothing beyond what was seen
+    values = {k: float(min(1.0, 1.0 / max(inverse[i], 1.0))) for i, k in enumerate(KINDS)}
+    return Efficiencies(**{k: round(v, 4) for k, v in values.items()}, layer_us=round(float(inverse[-1]), 3))
+
+
+def ratios(points: list[Point], efficiencies: dict[str, Efficiencies]) -> list[float]:
+    """estimated / measured for each point, with the efficiencies of its precision."""
+    return [predict_ms(p, efficiencies[p.precision]) / p.measured_ms for p in points]
+
+
+def error_of(values: list[float]) -> EstimateError:
+    """The error record of a list of estimated / measured ratios."""
+    folded = [max(r, 1 / r) for r in values]
+    return EstimateError(low=round(min(values), 3), high=round(max(values), 3), points=len(values),
+                         worst=round(max(folded), 3), median=round(statistics.median(folded), 3))
+
+
+def leave_one_out(points: list[Point], prior: dict[str, Efficiencies], prior_weight: float) -> list[float]:
+    """estimated / measured of each point under a fit made without it: the error a new model would see."""
+    out = []
+    for i, point in enumerate(points):
+        rest = [p for j, p in enumerate(points) if j != i and p.precision == point.precision]
+        fitted = fit(rest, prior.get(point.precision), prior_weight) if rest else prior[point.precision]
+        out.append(predict_ms(point, fitted) / point.measured_ms)
+    return out
+
+
+def calibration_toml(calibration: Calibration) -> str:
+    """The `[calibration]` tables of a target file."""
+    lines = ["[calibration]", f"source = {_quote(calibration.source)}", f"fitted_on = {_quote(calibration.fitted_on)}"]
+    for precision in ("int8", "fp16", "fp32"):
+        eff = getattr(calibration, precision)
+        if eff is None:
+            continue
+        lines += ["", f"[calibration.{precision}]",
+                  "# achieved fraction of the peak (memory: of the bandwidth); layer_us: each layer's fixed cost"]
+        lines += [f"{k} = {getattr(eff, k)}" for k in (*KINDS, "layer_us")]
+    err = calibration.error
+    lines += ["", "[calibration.error]", "# estimated / measured over the points of `source`, fitted and checked: every estimate's interval",
+              f"low = {err.low}", f"high = {err.high}", f"points = {err.points}"]
+    lines += [f"{k} = {getattr(err, k)}" for k in ("worst", "median") if getattr(err, k) is not None]
+    return "\n".join(lines) + "\n"
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# ------------------------------------------------------------------ edgekd calibrate
+
+PRIOR_WEIGHT = 0.3  # how hard a handful of timings is pulled towards the target's existing calibration
+
+
+@dataclass(frozen=True)
+class Refit:
+    text: str  # the calibrated target file
+    calibration: Calibration
+    rows: list[dict]  # per report: model, precision, measured, before, after (left out of the fit)
+
+
+def points_from_reports(reports: list[Path], hardware: Hardware) -> list[Point]:
+    """One Point per `edgekd bench --json` report measured on the device; anything else is refused."""
+    import json
+
+    from edgekd.errors import BadInputError
+
+    points = []
+    for report in reports:
+        try:
+            data = json.loads(Path(report).read_text(encoding="utf-8"))
+            latency, model, batch = data["latency_ms"], Path(data["model"]), int(data["batch"])
+        except FileNotFoundError:
+            raise BadInputError(f"report not found: {report}") from None
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise BadInputError(f"{report}: not an `edgekd bench --json` report ({type(err).__name__}: {err})") from None
+        if latency.get("source") != "measured":
+            raise BadInputError(f"{report}: its latency was estimated, not measured; run `edgekd bench --json` on the device")
+        if not model.is_file():
+            raise BadInputError(f"{report}: the model it timed is not here: {model}")
+        if model.suffix.lower() != ".onnx":
+            raise BadInputError(f"{report}: calibration reads the layers of an ONNX file; {model.name} is not one")
+        features, precision = graph_features(model, batch)
+        if sum(features.macs.values()) == 0:
+            raise BadInputError(f"{report}: no layer shapes can be read from {model.name} (dynamic height/width?); "
+                                f"export it with a fixed input shape")
+        points.append(Point(model.name, model.stem, precision, float(latency["p50"]), features, hardware, str(report)))
+    return points
+
+
+def refit_target(target_source: str, reports: list[Path]) -> Refit:
+    """`edgekd calibrate`: the target refitted to the device's own timings. Each report's error is
+    taken from a fit made without it, so the new interval is one a new model would see."""
+    from edgekd.config import load_target, resolve_target_path
+    from edgekd.errors import BadInputError
+
+    target = load_target(target_source)
+    if len(reports) < 3:
+        raise BadInputError(f"calibrate needs at least 3 measured reports to state an error; got {len(reports)}")
+    points = points_from_reports(reports, target.hardware)
+    old = target.calibration
+    prior = {p: getattr(old, p) for p in ("int8", "fp16", "fp32") if old is not None and getattr(old, p) is not None}
+    for precision in {p.precision for p in points}:
+        if precision not in prior and sum(p.precision == precision for p in points) < 2:
+            raise BadInputError(f"calibrate: only one {precision} report and no {precision} calibration to refine; "
+                                f"give at least 2 {precision} models")
+    weight = PRIOR_WEIGHT if prior else 0.0
+    fitted = {precision: fit([p for p in points if p.precision == precision], prior.get(precision), weight)
+              for precision in sorted({p.precision for p in points})}
+    held_out = leave_one_out(points, prior, weight)
+    before = [_estimate_now(p, target) for p in points]
+    rows = [{"model": p.model, "precision": p.precision, "measured_ms": p.measured_ms, "before_ms": b,
+             "after_ms": r * p.measured_ms} for p, b, r in zip(points, before, held_out)]
+    source = f"edgekd calibrate on {len(points)} measured reports ({', '.join(sorted({p.model for p in points}))})"
+    if old is not None:
+        source += f", refining: {old.source}"
+    kept = {p: getattr(old, p) for p in ("int8", "fp16", "fp32")} if old is not None else {}
+    calibration = Calibration(source=source, fitted_on=", ".join(sorted({p.model for p in points})),
+                              error=error_of(held_out), **{**kept, **fitted})
+    text = _without_calibration(resolve_target_path(target_source).read_text(encoding="utf-8"))
+    return Refit(text.rstrip() + "\n\n" + calibration_toml(calibration), calibration, rows)
+
+
+def _estimate_now(point: Point, target) -> float:
+    """The target's estimate of a point before refitting (calibrated or the plain roofline)."""
+    fitted = getattr(target.calibration, point.precision, None) if target.calibration is not None else None
+    if fitted is not None:
+        return predict_ms(point, fitted)
+    hw = point.hardware
+    peak = _peak(hw, point.precision)
+    moved = point.features.moved
+    return (2 * sum(point.features.macs.values()) / peak + (moved["memory"] + moved["pool"]) / (hw.memory_bandwidth_gbs * 1e9)
+            ) * 1000 + point.features.layers * hw.layer_overhead_us / 1000
+
+
+def _without_calibration(text: str) -> str:
+    """A target file's text with its [calibration...] tables (and the comment lines just above them) removed."""
+    lines, kept, skipping = text.splitlines(), [], False
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("["):
+            skipping = stripped.startswith("[calibration")
+            if skipping:
+                while kept and kept[-1].lstrip().startswith("#"):
+                    kept.pop()
+        if not skipping:
+            kept.append(line)
+    return "\n".join(kept)
