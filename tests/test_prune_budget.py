@@ -15,6 +15,7 @@ from edgekd.config import PruneConfig, load_profile, load_target
 from edgekd.data import limit, with_validation
 from edgekd.errors import BadInputError
 from edgekd.losses import CrossEntropyObjective
+from edgekd.measure.budget import upper_p50
 from edgekd.metrics import count
 from edgekd.models import create_model
 from edgekd.runfolder import RunFolder
@@ -87,14 +88,15 @@ def budget_profile(tmp_path: Path, **prune) -> Path:
 
 def pruned_latency(tmp_path: Path, data, ratio: float) -> tuple[float, float]:
     """INT8 latency on mobile-cpu of the smoke student, unpruned and with `ratio` of its channels gone
-    (structure alone sets latency, so untrained weights give the same number)."""
+    (structure alone sets latency, so untrained weights give the same number): the upper end of the
+    estimate's error range, which is what budget pruning aims for and the verdict shows MET by."""
     ctx = context(tmp_path, data, {})
     workdir = tmp_path / "latency"
     workdir.mkdir(exist_ok=True)
     model = student()
-    before = int8_latency(model, ctx, workdir, "start").p50
+    before = upper_p50(int8_latency(model, ctx, workdir, "start"))
     make_pruner(model, ctx.example, PruneConfig(), 10, ratio, 1).step()
-    return before, int8_latency(model, ctx, workdir, "pruned").p50
+    return before, upper_p50(int8_latency(model, ctx, workdir, "pruned"))
 
 
 def test_budget_goal_prunes_until_the_tight_budget_fits(tmp_path, cache_dir, data):
@@ -112,7 +114,7 @@ def test_budget_goal_prunes_until_the_tight_budget_fits(tmp_path, cache_dir, dat
     assert teacher["latency_ms"]["p50"] > budget
     fit, path = prune["details"]["budget_fit"], prune["details"]["path"]
     assert fit["met"] and fit["latency_ms"] <= budget * (1 - margin)
-    assert path[0]["step"] == 0 and path[0]["latency_ms"] > budget and len(path) >= 2
+    assert path[0]["step"] == 0 and path[0]["latency_p50_high"] > budget and len(path) >= 2
     assert all(b["latency_ms"] < a["latency_ms"] and b["macs"] < a["macs"] for a, b in zip(path, path[1:]))
     assert all({"latency_ms", "val_accuracy", "macs", "layer"} <= set(p) for p in path)
     assert report["budget"]["met"] and report["stages"][-1]["latency_ms"]["p50"] <= budget
