@@ -127,7 +127,7 @@ def published_features(rows: list[dict], rebuild: bool) -> dict[tuple[str, int, 
 def published_points(rebuild: bool = False) -> list[tuple[Point, str, int]]:
     rows, hardware = published_rows(), devices()
     features = published_features(rows, rebuild)
-    return [(Point(r["model"], r["family"], r["precision"], float(r["latency_ms"]),
+    return [(Point(f"{r['model']}@{r['input']} ({r['device']})", r["family"], r["precision"], float(r["latency_ms"]),
                    features[(r["model"], int(r["input"]), r["precision"])], hardware[r["device"]], r["source"]),
              r["split"], int(r["input"])) for r in rows]
 
@@ -143,8 +143,12 @@ def roofline_ms(point: Point) -> float:
 
 # ------------------------------------------------------------------ this machine
 
-HOST_FIT = [("mobilenet_v2", 224, "mobilenet_v2"), ("mnasnet1_0", 224, "mnasnet"), ("efficientnet_lite0", 224, "efficientnet_lite"),
-            ("googlenet", 224, "inception"), ("squeezenet1_1", 224, "squeezenet"), ("edgekd_resnet_fc", 28, "edgekd_resnet")]
+# each fit family at 224 px and at 32 px: the small inputs are what pins the per-layer cost, which
+# dominates a 28-px student and which the 224-px models alone cannot tell from slow layers
+HOST_FIT = [(name, size, family) for name, family in (("mobilenet_v2", "mobilenet_v2"), ("mnasnet1_0", "mnasnet"),
+                                                       ("efficientnet_lite0", "efficientnet_lite"), ("googlenet", "inception"),
+                                                       ("squeezenet1_1", "squeezenet"))
+            for size in (224, 32)] + [("edgekd_resnet_fc", 28, "edgekd_resnet")]
 HOST_CHECK = [("resnet18", 224, "resnet"), ("resnet50", 224, "resnet"), ("mobilenet_v3_large", 224, "mobilenet_v3"),
               ("mobilenet_v3_small", 224, "mobilenet_v3"), ("edgekd_cnn_fc", 28, "edgekd_cnn")]
 
@@ -170,8 +174,8 @@ def host_files(folder: Path, name: str, size: int) -> dict[str, Path]:
     else:
         shape = (3, size, size)
         model = build(name)
-    fp32 = export(model, shape, folder / f"{name}.onnx")
-    prepared, int8 = folder / f"{name}.prep.onnx", folder / f"{name}.int8.onnx"
+    fp32 = export(model, shape, folder / f"{name}-{size}.onnx")
+    prepared, int8 = folder / f"{name}-{size}.prep.onnx", folder / f"{name}-{size}.int8.onnx"
     quant_pre_process(str(fp32), str(prepared))
     quantize_static(str(prepared), str(int8), RandomImages("input", shape), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -189,9 +193,9 @@ def host_points(folder: Path) -> list[tuple[Point, str, dict]]:
             for precision, path in host_files(folder, name, size).items():
                 measured = OnnxRuntimeRunner(path, target.threads).measure(1, label=f"{name} {precision}")
                 features, found = graph_features(path, 1)
-                out.append((Point(name, family, found, measured.p50, features, target.hardware,
+                out.append((Point(f"{name}@{size}", family, found, measured.p50, features, target.hardware,
                                   f"measured here: {measured.runtime}"), split, {"p99": measured.p99, "runs": measured.runs}))
-                print(f"host: {name} {precision} {measured.p50:.3f} ms", flush=True)
+                print(f"host: {name} {size} px {precision} {measured.p50:.3f} ms", flush=True)
     return out
 
 
@@ -200,8 +204,7 @@ def host_points(folder: Path) -> list[tuple[Point, str, dict]]:
 def calibrate(points: list[tuple[Point, str]], source: str) -> tuple[Calibration, dict]:
     fit_points = [p for p, split in points if split == "fit"]
     check_points = [p for p, split in points if split == "check"]
-    efficiencies = {prec: fit([p for p in fit_points if p.precision == prec])
-                    for prec in sorted({p.precision for p in fit_points})}
+    efficiencies = fit(fit_points)
     check = ratios(check_points, efficiencies)
     both = ratios(fit_points, efficiencies) + check
     families = sorted({p.family for p in fit_points})
@@ -226,7 +229,7 @@ def table(points: list[tuple[Point, str]], calibration: Calibration, size: dict 
 
 def lite_ratios(rows: list[dict]) -> list[dict]:
     """EfficientNet-Lite: growth over Lite0 and the INT8 speed-up, published against estimated."""
-    lite = {(r["model"], r["precision"]): r for r in rows if r["family"] == "efficientnet_lite"}
+    lite = {(r["model"].split("@")[0], r["precision"]): r for r in rows if r["family"] == "efficientnet_lite"}
     out = []
     for i in range(5):
         name = f"efficientnet_lite{i}"
@@ -273,6 +276,44 @@ def main() -> None:
     result["roofline_error"] = {"low": min(all_roofline), "high": max(all_roofline)}
     print(f"plain roofline, estimated / measured over every point: {min(all_roofline):.3f} .. {max(all_roofline):.3f}")
     (OUT / "calibrate_estimator.json").write_text(json.dumps(result, indent=1))
+    (OUT / "latency_tables.md").write_text(markdown(result))
+
+
+def markdown(result: dict) -> str:
+    """The tables docs/latency_estimate.md shows, from this run."""
+    out = []
+    for part, title in (("phone", "Phone CPU (published timings)"), ("host_cpu", f"host-cpu ({result['host']['cpu']}, measured here)")):
+        if part not in result:
+            continue
+        section = result[part]
+        out += [f"### {title}", "", "| model | precision | split | measured ms | calibrated ms | ratio | plain roofline ms | ratio |",
+                "|---|---|---|---|---|---|---|---|"]
+        out += [f"| {r['model']} | {r['precision']} | {r['split']} | {r['measured_ms']:g} | {r['calibrated_ms']:.3f} | "
+                f"{r['calibrated_ratio']:.2f} | {r['roofline_ms']:.3f} | {r['roofline_ratio']:.2f} |" for r in section["rows"]]
+        out += ["", "| error (estimated / measured) | points | median | worst | range |", "|---|---|---|---|---|"]
+        for split in ("check", "fit"):
+            for precision in ("fp32", "int8"):
+                values = [r["calibrated_ratio"] for r in section["rows"] if r["split"] == split and r["precision"] == precision]
+                if values:
+                    err = error_of(values)
+                    out.append(f"| {split} {precision} | {err.points} | {err.median:.2f}x | {err.worst:.2f}x | "
+                               f"{err.low:.2f} - {err.high:.2f} |")
+        cal = section["calibration"]
+        out += ["", "| fitted | " + " | ".join(("conv", "depthwise", "pointwise", "fc", "pool", "memory", "layer_us")) + " |",
+                "|---|" + "---|" * 7]
+        for precision in ("int8", "fp32"):
+            if cal.get(precision):
+                out.append(f"| {precision} | " + " | ".join(f"{cal[precision][k]:g}" for k in
+                                                      ("conv", "depthwise", "pointwise", "fc", "pool", "memory", "layer_us")) + " |")
+        out.append("")
+        if "lite" in section:
+            out += ["EfficientNet-Lite: growth over Lite0 and INT8 speed-up (FP32 ms / INT8 ms), published and estimated:", "",
+                    "| model | FP32 growth pub. | est. | INT8 growth pub. | est. | INT8 speed-up pub. | est. |", "|---|---|---|---|---|---|---|"]
+            out += [f"| {r['model']} | {r['growth_fp32_published']:.2f} | {r['growth_fp32_estimated']:.2f} | "
+                    f"{r['growth_int8_published']:.2f} | {r['growth_int8_estimated']:.2f} | {r['speedup_published']:.2f} | "
+                    f"{r['speedup_estimated']:.2f} |" for r in section["lite"]]
+            out.append("")
+    return "\n".join(out)
 
 
 def _cpu_name() -> str:

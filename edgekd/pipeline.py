@@ -265,17 +265,29 @@ def _against_teacher(target, teacher: dict, student: dict, student_latency: dict
     """What compression bought: whether the teacher as given (its own file, on the same target, same
     source) already meets the latency budget, and the shipped student's speed-up and accuracy cost."""
     teacher_ms, student_ms, limit = teacher["latency_ms"]["p50"], student_latency["p50"], target.budget_p50_ms
-    meets = None if limit is None else teacher_ms <= limit
+    from edgekd.measure.budget import p50_state
+
+    state = None if limit is None else p50_state(teacher["latency_ms"], limit)
+    meets = None if state is None else state == "MET"
     speedup = teacher_ms / student_ms if student_ms > 0 else float("inf")
     cost = 100 * (teacher["val_accuracy"] - student["val_accuracy"])
-    fits = "has no p50 budget to meet" if limit is None else f"{'meets' if meets else 'misses'} the {limit:g} ms budget"
+    said = {"MET": "meets", "MISSED": "misses", "NOT SHOWN": "cannot be shown to meet or miss"}
+    fits = "has no p50 budget to meet" if limit is None else f"{said[state]} the {limit:g} ms budget"
     line = (f"against the teacher: the teacher alone runs {teacher_ms:.3f} ms p50 ({teacher['precision'].upper()}, "
-            f"{teacher['latency_ms']['source']}) and {fits}; the student is {speedup:.1f}x faster and "
+            f"{_source_and_range(teacher['latency_ms'])}) and {fits}; the student is {speedup:.1f}x faster "
+            f"({student_ms:.3f} ms, {_source_and_range(student_latency)}) and "
             f"{'loses' if cost >= 0 else 'gains'} {abs(cost):.2f} points of validation top-1")
     if meets:
         line += "; the teacher already fits, so compression bought headroom, not the fit"
     return {"p50_ms": teacher_ms, "student_p50_ms": student_ms, "source": teacher["latency_ms"]["source"], "precision": teacher["precision"],
-            "meets_budget": meets, "student_speedup": speedup, "accuracy_cost_points": cost, "line": line}
+            "meets_budget": meets, "budget_state": state, "student_speedup": speedup, "accuracy_cost_points": cost, "line": line}
+
+
+def _source_and_range(latency: dict) -> str:
+    """"measured", or "estimated, 0.8-1.9 ms": an estimate always with its error range."""
+    if latency.get("source") == "estimated" and latency.get("p50_high") is not None:
+        return f"estimated, {latency['p50_low']:.3f}-{latency['p50_high']:.3f} ms"
+    return latency.get("source", "")
 
 
 def _latencies(ctx: StageContext, records: list[dict], measure_here: bool) -> list[dict]:

@@ -96,30 +96,77 @@ def predict_ms(point: Point, efficiencies: Efficiencies) -> float:
     return float(design_row(point) @ inverse) * 1000.0
 
 
-def fit(points: list[Point], prior: Efficiencies | None = None, prior_weight: float = 0.0) -> Efficiencies:
-    """Efficiencies of one precision that minimise the relative error on `points`. With `prior`,
-    each coefficient is also pulled towards the prior's (weight `prior_weight` per coefficient),
-    so a handful of timings refines a calibration instead of overfitting it."""
+def fit(points: list[Point], prior: dict[str, Efficiencies] | None = None,
+        prior_weight: float = 0.0) -> dict[str, Efficiencies]:
+    """Efficiencies per precision that minimise the relative error on `points`, with one per-layer
+    cost shared by all precisions: it is the runtime's dispatch, which does not depend on the
+    arithmetic. With `prior`, each coefficient is also pulled towards the prior's (weight
+    `prior_weight` each), so a handful of timings refines a calibration instead of overfitting it."""
     from scipy.optimize import lsq_linear
 
     if not points:
         raise ValueError("no points to fit")
-    rows = np.stack([design_row(p) / (p.measured_ms / 1000.0) for p in points])
+    precisions = sorted({p.precision for p in points})
+    k = len(KINDS)
+    width = k * len(precisions) + 1  # each precision's kinds, then the shared layer cost
+
+    def spread(row: np.ndarray, precision: str) -> np.ndarray:
+        out = np.zeros(width)
+        at = precisions.index(precision) * k
+        out[at:at + k], out[-1] = row[:k], row[k]
+        return out
+
+    raw = np.stack([spread(design_row(p), p.precision) for p in points])
+    if not prior and len(points) < width + 2:
+        return _fit_one_per_precision(points, precisions)
+    rows = raw / np.array([p.measured_ms / 1000.0 for p in points])[:, None]
     targets = np.ones(len(points))
-    # scale columns to comparable size so the solver's tolerance means the same for each
-    scale = np.maximum(np.abs(rows).max(axis=0), 1e-12)
-    if prior is not None and prior_weight > 0:
-        wanted = np.array([1 / getattr(prior, k) for k in KINDS] + [prior.layer_us])
-        rows = np.vstack([rows, np.diag(prior_weight * scale / np.maximum(wanted * scale, 1e-12))])
-        targets = np.concatenate([targets, np.full(len(wanted), prior_weight)])
-    lower = np.array([1.0] * len(KINDS) + [0.0]) * scale  # efficiency <= 1 (inverse >= 1); layer time >= 0
-    solved = lsq_linear(rows / scale, targets, bounds=(lower, np.full(len(lower), np.inf)))
+    scale = np.maximum(np.abs(rows).max(axis=0), 1e-12)  # comparable columns for the solver's tolerance
+    if prior and prior_weight > 0:
+        wanted = np.full(width, np.nan)
+        for precision, eff in prior.items():
+            if precision in precisions:
+                at = precisions.index(precision) * k
+                wanted[at:at + k] = [1 / getattr(eff, name) for name in KINDS]
+        layer = [eff.layer_us for eff in prior.values()]
+        wanted[-1] = max(float(np.mean(layer)), 0.1) if layer else np.nan
+        for i in np.flatnonzero(~np.isnan(wanted)):
+            extra = np.zeros(width)
+            extra[i] = prior_weight / wanted[i]
+            rows, targets = np.vstack([rows, extra]), np.append(targets, prior_weight)
+    lower = np.array([1.0] * (width - 1) + [0.0]) * scale  # efficiency <= 1 (inverse >= 1); layer time >= 0
+    solved = lsq_linear(rows / scale, targets, bounds=(lower, np.full(width, np.inf)))
     inverse = solved.x / scale
-    unseen = np.abs(np.stack([design_row(p) for p in points])).max(axis=0) == 0
-    inverse[:-1][unseen[:-1]] = 1.0
-    # a kind the points never exercise is left at the bound (efficiency 1.0): say nothing beyond what was seen
-    values = {k: float(min(1.0, 1.0 / max(inverse[i], 1.0))) for i, k in enumerate(KINDS)}
-    return Efficiencies(**{k: round(v, 4) for k, v in values.items()}, layer_us=round(float(inverse[-1]), 3))
+    # a kind the points never exercise is left at the bound (efficiency 1.0): nothing beyond what was seen
+    inverse[:-1][np.abs(raw).max(axis=0)[:-1] == 0] = 1.0
+    layer_us = round(float(inverse[-1]), 3)
+    out = {}
+    for j, precision in enumerate(precisions):
+        values = {name: float(min(1.0, 1.0 / max(inverse[j * k + i], 1.0))) for i, name in enumerate(KINDS)}
+        out[precision] = Efficiencies(**{name: _sig(v) for name, v in values.items()}, layer_us=layer_us)
+    return out
+
+
+def _fit_one_per_precision(points: list[Point], precisions: list[str]) -> dict[str, Efficiencies]:
+    """Too few points for one efficiency per kind: one for all kinds of each precision, and the
+    shared per-layer cost. Coarser, but it cannot invent a kind that runs at 0.01% of peak."""
+    from scipy.optimize import lsq_linear
+
+    rows = np.zeros((len(points), len(precisions) + 1))
+    for i, point in enumerate(points):
+        row = design_row(point)
+        rows[i, precisions.index(point.precision)], rows[i, -1] = row[:-1].sum(), row[-1]
+        rows[i] /= point.measured_ms / 1000.0
+    scale = np.maximum(np.abs(rows).max(axis=0), 1e-12)
+    lower = np.array([1.0] * len(precisions) + [0.0]) * scale
+    inverse = lsq_linear(rows / scale, np.ones(len(points)), bounds=(lower, np.full(len(lower), np.inf))).x / scale
+    return {precision: Efficiencies(**{name: _sig(min(1.0, 1.0 / max(inverse[j], 1.0))) for name in KINDS},
+                                    layer_us=round(float(inverse[-1]), 3)) for j, precision in enumerate(precisions)}
+
+
+def _sig(value: float) -> float:
+    """An efficiency to 4 significant figures, never rounded to 0."""
+    return float(f"{max(value, 1e-6):.4g}")
 
 
 def ratios(points: list[Point], efficiencies: dict[str, Efficiencies]) -> list[float]:
@@ -138,9 +185,10 @@ def leave_one_out(points: list[Point], prior: dict[str, Efficiencies], prior_wei
     """estimated / measured of each point under a fit made without it: the error a new model would see."""
     out = []
     for i, point in enumerate(points):
-        rest = [p for j, p in enumerate(points) if j != i and p.precision == point.precision]
-        fitted = fit(rest, prior.get(point.precision), prior_weight) if rest else prior[point.precision]
-        out.append(predict_ms(point, fitted) / point.measured_ms)
+        rest = [p for j, p in enumerate(points) if j != i]
+        fitted = fit(rest, prior, prior_weight) if rest else {}
+        eff = fitted.get(point.precision) or prior[point.precision]
+        out.append(predict_ms(point, eff) / point.measured_ms)
     return out
 
 
@@ -223,8 +271,7 @@ def refit_target(target_source: str, reports: list[Path]) -> Refit:
             raise BadInputError(f"calibrate: only one {precision} report and no {precision} calibration to refine; "
                                 f"give at least 2 {precision} models")
     weight = PRIOR_WEIGHT if prior else 0.0
-    fitted = {precision: fit([p for p in points if p.precision == precision], prior.get(precision), weight)
-              for precision in sorted({p.precision for p in points})}
+    fitted = fit(points, prior, weight)
     held_out = leave_one_out(points, prior, weight)
     before = [_estimate_now(p, target) for p in points]
     rows = [{"model": p.model, "precision": p.precision, "measured_ms": p.measured_ms, "before_ms": b,
