@@ -58,7 +58,7 @@ def compress(
     teacher_arch: Annotated[Optional[str], typer.Option(help="Architecture of a bare state-dict --teacher.")] = None,
     teacher_weights: Annotated[Optional[str], typer.Option(help="Weights file for a named --teacher architecture.")] = None,
     trust_torchscript: Annotated[bool, typer.Option("--trust-torchscript", help="Load a TorchScript --teacher: it is code and runs when loaded, so only from a source you trust (never saved for --resume).")] = False,
-    student: Annotated[Optional[str], typer.Option(help="Student architecture: edgekd_cnn_fc, edgekd_cnn, mobilenet_v3_small, resnet18, edgekd_resnet, edgekd_resnet_fc. [default: the profile's]")] = None,
+    student: Annotated[Optional[str], typer.Option(help="Student architecture: edgekd_cnn_fc, edgekd_cnn, edgekd_mobilenet_v3_small, edgekd_resnet18, edgekd_resnet, edgekd_resnet_fc, or any torchvision or timm classifier by name (resnet18, timm:mobilenetv3_small_100). [default: the profile's]")] = None,
     width: Annotated[Optional[float], typer.Option(help="Student width multiplier. [default: the profile's]", min=0.05, max=16)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed; the same command and seed give the same model. [default: the profile's]", min=0, max=2**32 - 1)] = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="Run folder: a new or empty one (an existing run's needs --resume or --overwrite). [default: runs/<timestamp>-<target>, made unique]")] = None,

@@ -1,8 +1,12 @@
 """Architectures by name, and teachers from checkpoints.
 
-One small registry: `create_model("edgekd_cnn", num_classes=10, input_shape=(1, 28, 28), width=0.5)`.
-An unknown name is an error listing the known ones. Checkpoints written by edgekd carry their
-architecture, so `--teacher runs/.../teacher.pt` needs nothing else.
+edgekd's own small-input models live in one registry (`edgekd_*` names):
+`create_model("edgekd_cnn", num_classes=10, input_shape=(1, 28, 28), width=0.5)`. Any other name
+is the field's model zoo, built exactly as its library builds it: `resnet18` is torchvision's
+ResNet-18, `timm:efficientnet_lite0` (or a bare timm name torchvision lacks) timm's. A bare name is
+torchvision's where torchvision has it, else timm's; `torchvision:` / `timm:` say which. An unknown
+name is an error listing edgekd's. Checkpoints written by edgekd carry their architecture, so
+`--teacher runs/.../teacher.pt` needs nothing else.
 """
 
 from __future__ import annotations
@@ -32,18 +36,68 @@ def register(name: str):
     return add
 
 
+# names edgekd used for its small-input variants before the zoo took the plain names: only an
+# edgekd checkpoint's stored spec can still say them (ModelSpec.from_payload)
+RENAMED = {"resnet18": "edgekd_resnet18", "mobilenet_v3_small": "edgekd_mobilenet_v3_small"}
+
+
 def known_architectures() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def canonical_arch(arch: str) -> str:
+    """edgekd's name, or the zoo model as `torchvision:NAME` / `timm:NAME`; BadInputError if none has it."""
+    if arch in _REGISTRY:
+        return arch
+    library, _, name = arch.partition(":") if ":" in arch else ("", "", arch)
+    if library in ("", "torchvision") and name in _torchvision_names():
+        return f"torchvision:{name}"
+    if library in ("", "timm"):
+        timm = _timm(required=library == "timm")
+        if timm is not None and name in timm.list_models():
+            return f"timm:{name}"
+    hint = " (pip install timm for timm's models)" if library in ("", "timm") and _timm(required=False) is None else ""
+    raise BadInputError(f"unknown architecture '{arch}'; known: edgekd's {', '.join(known_architectures())}, "
+                        f"or any torchvision or timm classifier by name{hint}")
+
+
 def require_architecture(arch: str) -> None:
-    if arch not in _REGISTRY:
-        raise BadInputError(f"unknown architecture '{arch}'; known: {', '.join(known_architectures())}")
+    canonical_arch(arch)
+
+
+def _torchvision_names() -> set[str]:
+    import torchvision
+
+    return set(torchvision.models.list_models(module=torchvision.models))
+
+
+def _timm(required: bool):
+    try:
+        import timm
+    except ImportError:
+        if required:
+            raise BadInputError("timm models need timm: pip install timm") from None
+        return None
+    return timm
 
 
 def create_model(arch: str, num_classes: int, input_shape: tuple[int, int, int], width: float = 1.0) -> nn.Module:
-    require_architecture(arch)
-    return _REGISTRY[arch](num_classes, tuple(input_shape), width)
+    canonical = canonical_arch(arch)
+    if canonical in _REGISTRY:
+        return _REGISTRY[canonical](num_classes, tuple(input_shape), width)
+    if width != 1.0:
+        raise BadInputError(f"{arch}: --width applies to edgekd's own models only; a zoo model is built as its "
+                            f"library builds it (choose a smaller variant by name instead)")
+    library, name = canonical.split(":", 1)
+    channels = input_shape[0]
+    if library == "timm":
+        return _timm(required=True).create_model(name, pretrained=False, num_classes=num_classes, in_chans=channels)
+    if channels != 3:
+        raise BadInputError(f"torchvision's {name} takes RGB images (3 channels); the data has {channels}: "
+                            f"use an edgekd_ or timm model (timm takes any channel count), or RGB images")
+    import torchvision
+
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
 
 
 def _ch(base: int, width: float) -> int:
@@ -156,9 +210,10 @@ def _small_input(input_shape: tuple[int, int, int]) -> bool:
     return max(input_shape[1:]) <= 64
 
 
-@register("mobilenet_v3_small")
-def mobilenet_v3_small(num_classes: int, input_shape: tuple[int, int, int], width: float = 1.0) -> nn.Module:
-    """torchvision's MobileNetV3-Small; on small inputs the stem keeps full resolution."""
+@register("edgekd_mobilenet_v3_small")
+def edgekd_mobilenet_v3_small(num_classes: int, input_shape: tuple[int, int, int], width: float = 1.0) -> nn.Module:
+    """torchvision's MobileNetV3-Small at `width`, for any channel count; on small inputs the stem
+    keeps full resolution."""
     from torchvision.models import mobilenet_v3_small as build
 
     model = build(weights=None, num_classes=num_classes, width_mult=width)
@@ -168,9 +223,10 @@ def mobilenet_v3_small(num_classes: int, input_shape: tuple[int, int, int], widt
     return model
 
 
-@register("resnet18")
-def resnet18(num_classes: int, input_shape: tuple[int, int, int], width: float = 1.0) -> nn.Module:
-    """torchvision's ResNet-18 blocks at `width` x (64, 128, 256, 512) channels."""
+@register("edgekd_resnet18")
+def edgekd_resnet18(num_classes: int, input_shape: tuple[int, int, int], width: float = 1.0) -> nn.Module:
+    """torchvision's ResNet-18 blocks at `width` x (64, 128, 256, 512) channels, for any channel
+    count; on small inputs a 3x3 stem without max-pool (torchvision's own is `resnet18`)."""
     from torchvision.models import resnet18 as build
     from torchvision.models.resnet import BasicBlock
 
@@ -215,6 +271,12 @@ class ModelSpec:
 
     def build(self) -> nn.Module:
         return create_model(self.arch, self.num_classes, self.input_shape, self.width)
+
+    @classmethod
+    def from_payload(cls, spec: dict) -> "ModelSpec":
+        """The spec an edgekd checkpoint stored; a bare zoo name there is an edgekd variant's old name."""
+        arch = RENAMED.get(spec["arch"], spec["arch"])
+        return cls(**{**spec, "arch": arch, "input_shape": tuple(spec["input_shape"])})
 
 
 def load_state(model: nn.Module, state: dict, source: str) -> nn.Module:
@@ -278,14 +340,14 @@ def load_teacher(
             raise BadInputError(f"{path}: not a loadable TorchScript file ({type(err).__name__})") from None
     payload = _torch_load(path)
     if isinstance(payload, dict) and "state_dict" in payload and "spec" in payload:
-        spec = ModelSpec(**{**payload["spec"], "input_shape": tuple(payload["spec"]["input_shape"])})
+        spec = ModelSpec.from_payload(payload["spec"])
         if spec.num_classes != num_classes:
             raise BadInputError(f"{path}: teacher has {spec.num_classes} classes, the data has {num_classes}")
         return load_state(spec.build(), payload["state_dict"], str(path)), spec
     if isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values()):
         if arch is None:
             raise BadInputError(f"{path} is a bare state dict: name its architecture with --teacher-arch")
-        spec = ModelSpec(arch, num_classes, tuple(input_shape))
+        spec = ModelSpec(canonical_arch(arch), num_classes, tuple(input_shape))
         return load_state(spec.build(), payload, str(path)), spec
     raise BadInputError(f"{path}: not an edgekd checkpoint, state dict, TorchScript or torch.export file")
 
@@ -338,15 +400,8 @@ def _named_teacher(name: str, weights: Path, num_classes: int, input_shape) -> t
     if not isinstance(state, dict):
         raise BadInputError(f"{weights}: expected a state dict")
     state = state.get("state_dict", state)
-    if name in _REGISTRY:
-        spec = ModelSpec(name, num_classes, tuple(input_shape))
-        return load_state(spec.build(), state, str(weights)), spec
-    import torchvision
-
-    if name not in torchvision.models.list_models(module=torchvision.models):
-        raise BadInputError(f"unknown teacher architecture '{name}' (neither edgekd's nor torchvision's)")
-    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-    return load_state(model, state, str(weights)), None
+    spec = ModelSpec(canonical_arch(name), num_classes, tuple(input_shape))
+    return load_state(spec.build(), state, str(weights)), spec
 
 
 def checkpoint_payload(model: nn.Module, spec: ModelSpec | None, **extra) -> dict:

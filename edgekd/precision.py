@@ -264,7 +264,7 @@ def _padding_pays(padded: Path, unpadded: Path, target: Target) -> tuple[bool, s
     at_target, at_large = latency[target.input.batch], latency[PADDING_BATCH]
     pays = (at_large["padded"].p50 < at_large["unpadded"].p50
             and at_target["padded"].p50 <= PADDING_TIE * at_target["unpadded"].p50)
-    figures = "; ".join(f"batch {b}: padded {t['padded'].p50:.3f} ms vs unpadded {t['unpadded'].p50:.3f} ms"
+    figures = "; ".join(f"batch {b}: padded {t['padded'].p50:.4f} ms vs unpadded {t['unpadded'].p50:.4f} ms"
                         for b, t in latency.items())
     return pays, f"{'kept' if pays else 'dropped'}: {figures}, measured side by side"
 

@@ -69,7 +69,7 @@ def _checkpoint(tmp: Path, cut: bool) -> list[str]:
 
 def _other_architecture(tmp: Path) -> list[str]:
     path = tmp / "teacher.pt"
-    torch.save(create_model("resnet18", 10, (1, 28, 28), 0.25).state_dict(), path)
+    torch.save(create_model("edgekd_resnet18", 10, (1, 28, 28), 0.25).state_dict(), path)
     return ["compress", "--teacher", str(path), "--teacher-arch", "edgekd_cnn"]
 
 

@@ -23,7 +23,7 @@ from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner, store_int8_weights
 from edgekd.stages.quantize import quantize_with_nncf, strip_to_qdq
 
 # small inputs keep it to seconds; random weights: this is about the graph's structure
-MODELS = {"edgekd_cnn": (1, 28, 28), "edgekd_cnn_fc": (1, 28, 28), "resnet18": (3, 32, 32), "mobilenet_v3_small": (3, 32, 32)}
+MODELS = {"edgekd_cnn": (1, 28, 28), "edgekd_cnn_fc": (1, 28, 28), "edgekd_resnet18": (3, 32, 32), "edgekd_mobilenet_v3_small": (3, 32, 32)}
 
 
 def settle_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> torch.nn.Module:
@@ -73,7 +73,7 @@ def student(student_files, tmp_path):
 def test_every_convolution_runs_quantized_in_onnxruntime(exported):
     arch, int8, fp32, images = exported
     convs = sum(n.op_type == "Conv" for n in onnx.load(str(fp32)).graph.node)
-    if arch == "mobilenet_v3_small":  # what the rewrite fixes: NNCF quantizes after HardSwish, not before it
+    if arch == "edgekd_mobilenet_v3_small":  # what the rewrite fixes: NNCF quantizes after HardSwish, not before it
         assert conv_counts(int8)["float"] > 10
     place_for_onnxruntime(int8, images)
     assert conv_counts(int8) == {"quantized": convs, "float": 0}
@@ -196,7 +196,7 @@ def test_hardswish_and_the_classifier_run_in_integer_ops(tmp_path, monkeypatch):
     classifier's Gemms as QGemm: ORT's optimised graph dequantizes no weight on each call."""
     from edgekd.export import ort_qdq
 
-    int8, fp32, images = _int8_and_fp32("mobilenet_v3_small", tmp_path)
+    int8, fp32, images = _int8_and_fp32("edgekd_mobilenet_v3_small", tmp_path)
     reference = tmp_path / "without.onnx"
     shutil.copy(int8, reference)
     with monkeypatch.context() as patch:
@@ -230,7 +230,7 @@ def test_a_layer_onnxruntime_leaves_float_stores_a_float_weight(tmp_path, monkey
     stored as float, not dequantized from INT8 on every call."""
     from edgekd.export import ort_qdq
 
-    int8, _, images = _int8_and_fp32("mobilenet_v3_small", tmp_path)
+    int8, _, images = _int8_and_fp32("edgekd_mobilenet_v3_small", tmp_path)
     before = OnnxRuntimeRunner(int8).run(images)
     monkeypatch.setattr(ort_qdq, "_quantized_gemms", lambda graph, keep: [])
     placement = place_for_onnxruntime(int8, images)
@@ -286,7 +286,11 @@ def test_channel_padding_ships_only_where_the_whole_file_gets_faster(tmp_path):
                re.findall(r"padded ([\d.]+) ms vs unpadded ([\d.]+) ms", facts["channel_padding"])]
     (padded_1, unpadded_1), (padded_64, unpadded_64) = figures  # batch 1 (host-cpu's), then batch 64
     pays = padded_64 < unpadded_64 and padded_1 <= PADDING_TIE * unpadded_1
-    assert facts["channel_padding"].startswith("kept" if pays else "dropped")
+    # the figures are printed to 0.1 us: at the rule's edge they cannot say which side it fell on
+    edge = abs(padded_64 - unpadded_64) <= 1e-4 or abs(padded_1 - PADDING_TIE * unpadded_1) <= 1e-4
+    if not edge:
+        assert facts["channel_padding"].startswith("kept" if pays else "dropped")
+    pays = facts["channel_padding"].startswith("kept")
     if not keep:  # the mixed file lost to all-INT8: nothing float, nothing padded
         assert facts["channels_padded"] == [] and conv_counts(int8)["float"] == 0
     elif pays:
@@ -301,7 +305,7 @@ def test_depthwise_convolutions_are_never_padded(tmp_path):
     and ONNX Runtime runs the file."""
     from onnx import helper
 
-    int8, fp32, images = _int8_and_fp32("mobilenet_v3_small", tmp_path)
+    int8, fp32, images = _int8_and_fp32("edgekd_mobilenet_v3_small", tmp_path)
     place_for_onnxruntime(int8, images)
     convs = [n.name for n in onnx.load(str(int8)).graph.node if n.op_type == "Conv"]
     placement = place_for_onnxruntime(int8, images, keep_float=convs[::2])

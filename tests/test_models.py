@@ -42,6 +42,6 @@ def test_torchscript_teacher(tmp_path):
 
 
 def test_state_dict_of_another_architecture_is_refused(tmp_path):
-    torch.save(create_model("resnet18", 10, (1, 28, 28), 0.25).state_dict(), tmp_path / "r.pt")
+    torch.save(create_model("edgekd_resnet18", 10, (1, 28, 28), 0.25).state_dict(), tmp_path / "r.pt")
     with pytest.raises(BadInputError, match="does not fit the architecture"):
         load_teacher(str(tmp_path / "r.pt"), 10, (1, 28, 28), arch="edgekd_cnn")

@@ -57,7 +57,7 @@ save_checkpoint(teacher, spec, Path({str(tmp_path / "teacher.pt")!r}))
     run_dir = tmp_path / "run"
     done = edgekd("compress", "--profile", "smoke", "--target", "host-cpu", "--data", str(tmp_path / "data"),
                   "--image-size", "28", "--teacher", str(tmp_path / "teacher.pt"),
-                  "--student", "mobilenet_v3_small", "--width", "0.5", "--run-dir", str(run_dir),
+                  "--student", "edgekd_mobilenet_v3_small", "--width", "0.5", "--run-dir", str(run_dir),
                   "--cache-dir", str(cache_dir))
     assert done.returncode in (0, 3, 6), done.stderr[-3000:]
     report = json.loads((run_dir / "report.json").read_text())

@@ -10,11 +10,11 @@ from edgekd.metrics import count
 from edgekd.stages.prune import make_pruner, prune_until
 
 
-@pytest.mark.parametrize("arch", ["edgekd_cnn", "edgekd_cnn_fc", "edgekd_resnet", "edgekd_resnet_fc", "resnet18",
-                                  "mobilenet_v3_small"])
+@pytest.mark.parametrize("arch", ["edgekd_cnn", "edgekd_cnn_fc", "edgekd_resnet", "edgekd_resnet_fc", "edgekd_resnet18",
+                                  "edgekd_mobilenet_v3_small"])
 def test_pruning_makes_the_model_physically_smaller(arch, tmp_path, test_images):
     torch.manual_seed(0)
-    model = create_model(arch, 10, (1, 28, 28), 0.5 if arch in ("resnet18",) else 1.0).eval()
+    model = create_model(arch, 10, (1, 28, 28), 0.5 if arch in ("edgekd_resnet18",) else 1.0).eval()
     macs_before, params_before = count(model, test_images)
     pruner = make_pruner(model, test_images, PruneConfig(ratio=0.5), num_classes=10, ratio=0.5, steps=1)
     pruner.step()
