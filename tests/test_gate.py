@@ -1,5 +1,5 @@
-"""The CI gate on the real smoke student: it passes the unchanged student timed under another CPU
-configuration, and fails a planted student with 1.5x the MACs against the committed baseline.
+"""The CI gate on the real smoke student: it passes the unchanged student timed again, names a
+thread change, and fails a planted student with 1.5x the MACs against the committed baseline.
 How the normalisation was chosen, with numbers: benchmarks/gate.py and README "CI latency gate"."""
 
 from __future__ import annotations
@@ -24,17 +24,19 @@ def _with_gate(report: dict, timed: dict) -> dict:
     return changed
 
 
-def test_unchanged_student_passes_under_another_cpu_configuration(smoke_run):
-    """Baseline timed with 1 thread, the same files re-timed with 2: another 'machine' for ONNX
-    Runtime's kernels and scheduling. The ratio must stay within the CI tolerance; the thread
-    mismatch itself fails unless allowed."""
+def test_unchanged_student_passes_when_timed_again_and_a_thread_change_is_named(smoke_run):
+    """The same files timed twice at the gate's thread count: the noise the gate must absorb stays
+    within the CI tolerance. Timed with 2 threads instead, the gate says MISMATCH rather than
+    comparing: on a 2-core AMD EPYC (Zen 4) the normalised latency moved +46% and +64% from 1 to
+    2 threads in two CI runs, so a thread change is no stand-in for another machine that the
+    normalisation cancels (the CPU-to-CPU evidence is benchmarks/gate.py's)."""
     run_dir, report, _ = smoke_run
     student, reference = run_dir / report["student"]["onnx"], run_dir / report["reference"]["onnx"]
     one = _with_gate(report, gate_latency(student, reference, threads=GATE_THREADS))
+    again = _with_gate(report, gate_latency(student, reference, threads=GATE_THREADS))
+    assert one["reference"]["reference_ms"]["p50"] != again["reference"]["reference_ms"]["p50"]  # really re-timed
+    assert compare(again, one, CI_TOLERANCE, 0.0).ok
     two = _with_gate(report, gate_latency(student, reference, threads=2))
-    assert one["reference"]["reference_ms"]["p50"] != two["reference"]["reference_ms"]["p50"]
-    allowed = compare(two, one, CI_TOLERANCE, 0.0, allow_mismatch=True)
-    assert allowed.ok, allowed.lines
     strict = compare(two, one, CI_TOLERANCE, 0.0)
     assert not strict.ok and any(line.startswith("MISMATCH: gate threads is 2 now, 1") for line in strict.lines)
 
