@@ -142,6 +142,11 @@ def test_calibrate_refuses_estimates_and_too_few_reports(models, tmp_path):
     assert "Traceback" not in refused.stderr
     few = edgekd("calibrate", str(estimated), "--target", "mobile-cpu", "--out", str(tmp_path / "x.toml"))
     assert few.returncode == 2 and "at least 3" in few.stderr
+    measured = tmp_path / "measured.json"
+    measured.write_text(edgekd("bench", str(models[0]), "--target", "host-cpu", "--json").stdout)
+    same = edgekd("calibrate", str(measured), str(measured), str(measured), "--target", "host-cpu",
+                  "--out", str(tmp_path / "x.toml"))
+    assert same.returncode == 2 and "times the same model" in same.stderr
     assert not (tmp_path / "x.toml").exists()
 
 

@@ -231,7 +231,7 @@ def points_from_reports(reports: list[Path], hardware: Hardware) -> list[Point]:
 
     from edgekd.errors import BadInputError
 
-    points = []
+    points, seen = [], {}
     for report in reports:
         try:
             data = json.loads(Path(report).read_text(encoding="utf-8"))
@@ -242,8 +242,15 @@ def points_from_reports(reports: list[Path], hardware: Hardware) -> list[Point]:
             raise BadInputError(f"{report}: not an `edgekd bench --json` report ({type(err).__name__}: {err})") from None
         if latency.get("source") != "measured":
             raise BadInputError(f"{report}: its latency was estimated, not measured; run `edgekd bench --json` on the device")
+        if not model.is_file() and not model.is_absolute() and (Path(report).parent / model).is_file():
+            model = Path(report).parent / model  # a relative path, from where the report was made beside it
         if not model.is_file():
             raise BadInputError(f"{report}: the model it timed is not here: {model}")
+        key = (model.resolve(), batch)
+        if key in seen:
+            raise BadInputError(f"{report}: times the same model as {seen[key]} ({model.name}, batch {batch}); "
+                                f"each report must be a different model")
+        seen[key] = report
         if model.suffix.lower() != ".onnx":
             raise BadInputError(f"{report}: calibration reads the layers of an ONNX file; {model.name} is not one")
         features, precision = graph_features(model, batch)
