@@ -33,13 +33,13 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from edgekd.config import Calibration, Hardware, load_target
 from edgekd.measure.calibrate import Features, Point, calibration_toml, error_of, fit, graph_features, ratios
 from edgekd.onnx_export import export_onnx
+from estimator import RandomImages  # benchmarks/estimator.py, beside this script
 
 HERE = Path(__file__).resolve().parent
 CALIBRATION = HERE.parent / "edgekd" / "targets" / "calibration"
@@ -153,15 +153,6 @@ HOST_CHECK = [("resnet18", 224, "resnet"), ("resnet50", 224, "resnet"), ("mobile
               ("mobilenet_v3_small", 224, "mobilenet_v3"), ("edgekd_cnn_fc", 28, "edgekd_cnn")]
 
 
-class RandomImages:
-    def __init__(self, name: str, shape: tuple[int, ...], count: int = 8):
-        rng = np.random.default_rng(0)
-        self.batches = iter([{name: rng.standard_normal((1, *shape)).astype(np.float32)} for _ in range(count)])
-
-    def get_next(self):
-        return next(self.batches, None)
-
-
 def host_files(folder: Path, name: str, size: int) -> dict[str, Path]:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -177,7 +168,7 @@ def host_files(folder: Path, name: str, size: int) -> dict[str, Path]:
     fp32 = export(model, shape, folder / f"{name}-{size}.onnx")
     prepared, int8 = folder / f"{name}-{size}.prep.onnx", folder / f"{name}-{size}.int8.onnx"
     quant_pre_process(str(fp32), str(prepared))
-    quantize_static(str(prepared), str(int8), RandomImages("input", shape), quant_format=QuantFormat.QDQ,
+    quantize_static(str(prepared), str(int8), RandomImages("input", shape, count=8), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax)
     return {"fp32": fp32, "int8": int8}
