@@ -4,7 +4,7 @@ A timing is a `Point`: one model's measured p50 on one device, with the model's 
 bytes (`features`, from edgekd.measure.estimate.graph_layers) and the device's peak figures. The
 calibrated estimate is linear in the inverse efficiencies:
 
-    t = sum over kinds of 2 * MACs_kind / (eff_kind * peak) + bytes_memory / (eff_memory * bandwidth)
+    t = sum over kinds of 2 * MACs_kind / (eff_kind * peak) + bytes_kind / (eff_kind * bandwidth) [depthwise, pool, memory]
         + layers * layer_us
 
 so the fit is a bounded linear least squares (efficiency <= 1: nothing beats the peak) on
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.config import Calibration, Efficiencies, EstimateError, Hardware
-from edgekd.measure.estimate import KINDS, graph_layers
+from edgekd.measure.estimate import KINDS, estimate_latency, graph_layers
 
 COMPUTE = ("conv", "depthwise", "pointwise", "fc")  # kinds with MACs
 # kinds timed by the bytes they move rather than their MACs: a 5x5 depthwise convolution has 2.8x
@@ -39,10 +39,6 @@ class Features:
     macs: dict[str, int]
     moved: dict[str, int]  # bytes in and out, per kind
     layers: int
-
-    @property
-    def memory_bytes(self) -> int:
-        return self.moved["memory"]
 
     def as_dict(self) -> dict:
         return {**{f"macs_{k}": self.macs.get(k, 0) for k in COMPUTE}, **{f"bytes_{k}": self.moved.get(k, 0) for k in KINDS},
@@ -77,6 +73,8 @@ class Point:
     features: Features
     hardware: Hardware
     source: str = ""
+    path: Path | None = None  # the ONNX file timed, where it is here
+    batch: int = 1
 
 
 def _peak(hardware: Hardware, precision: str) -> float:
@@ -257,7 +255,8 @@ def points_from_reports(reports: list[Path], hardware: Hardware) -> list[Point]:
         if sum(features.macs.values()) == 0:
             raise BadInputError(f"{report}: no layer shapes can be read from {model.name} (dynamic height/width?); "
                                 f"export it with a fixed input shape")
-        points.append(Point(model.name, model.stem, precision, float(latency["p50"]), features, hardware, str(report)))
+        points.append(Point(model.name, model.stem, precision, float(latency["p50"]), features, hardware, str(report),
+                            model, batch))
     return points
 
 
@@ -280,7 +279,7 @@ def refit_target(target_source: str, reports: list[Path]) -> Refit:
     weight = PRIOR_WEIGHT if prior else 0.0
     fitted = fit(points, prior, weight)
     held_out = leave_one_out(points, prior, weight)
-    before = [_estimate_now(p, target) for p in points]
+    before = [estimate_latency(p.path, target, p.batch)[0].p50 for p in points]  # what the target said so far
     rows = [{"model": p.model, "precision": p.precision, "measured_ms": p.measured_ms, "before_ms": b,
              "after_ms": r * p.measured_ms} for p, b, r in zip(points, before, held_out)]
     source = f"edgekd calibrate on {len(points)} measured reports ({', '.join(sorted({p.model for p in points}))})"
@@ -291,18 +290,6 @@ def refit_target(target_source: str, reports: list[Path]) -> Refit:
                               error=error_of(held_out), **{**kept, **fitted})
     text = _without_calibration(resolve_target_path(target_source).read_text(encoding="utf-8"))
     return Refit(text.rstrip() + "\n\n" + calibration_toml(calibration), calibration, rows)
-
-
-def _estimate_now(point: Point, target) -> float:
-    """The target's estimate of a point before refitting (calibrated or the plain roofline)."""
-    fitted = getattr(target.calibration, point.precision, None) if target.calibration is not None else None
-    if fitted is not None:
-        return predict_ms(point, fitted)
-    hw = point.hardware
-    peak = _peak(hw, point.precision)
-    moved = point.features.moved
-    return (2 * sum(point.features.macs.values()) / peak + (moved["memory"] + moved["pool"]) / (hw.memory_bandwidth_gbs * 1e9)
-            ) * 1000 + point.features.layers * hw.layer_overhead_us / 1000
 
 
 def _without_calibration(text: str) -> str:
