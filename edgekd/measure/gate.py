@@ -10,8 +10,11 @@ Chosen by measurement (benchmarks/gate.py; README "CI latency gate"):
 - at batch GATE_BATCH: per-call overhead amortised over 16 images, while one call (~0.1 ms on an
   idle core, under 1 ms on a loaded one) still fits in a scheduler time slice; at batch 64 a call
   on a loaded 2-core runner is preempted mid-way and the ratio's spread doubles (measured);
-- student and reference timed in alternating rounds (`measure_side_by_side`), so load on a
-  shared CI runner lands on both, with GATE_THREADS threads whatever the target says.
+- student and reference timed call by call in alternation (`time_alternating`), and the ratio
+  taken per step then its median, so load on a shared CI runner lands on both and a preempted
+  call is an outlier the median drops; with GATE_THREADS threads whatever the target says.
+  Rounds of up to 60 calls per model, pooled, moved the ratio by up to 9% beside one busy core,
+  and a CI run saw +78%; call-by-call steps moved it under 2% (benchmarks/gate_stability.py).
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from edgekd.config import ActivationScheme
 
 GATE_BATCH = 16
 GATE_THREADS = 1
-GATE_ROUNDS = 5
-GATE_TIMING = {"warmup": 5, "min_runs": 20, "max_runs": 60, "max_seconds": 2.0}
+GATE_STEPS = 400  # ~0.3 s of calls at batch 16 on an idle core
+GATE_WARMUP = 10
 REFERENCE_ARCH, REFERENCE_WIDTH = "edgekd_cnn", 0.25
 CALIBRATION_IMAGES = 256
 
@@ -57,12 +60,22 @@ def build_reference(path: Path, num_classes: int, input_shape: tuple[int, int, i
 
 
 def gate_latency(student_onnx: Path, reference_onnx: Path, *, threads: int = GATE_THREADS, batch: int = GATE_BATCH,
-                 rounds: int = GATE_ROUNDS, timing: dict | None = None) -> dict:
-    """Student and reference p50 at `batch`, interleaved; normalised = student / reference."""
-    from edgekd.runtimes.onnxruntime import measure_side_by_side
+                 steps: int = GATE_STEPS) -> dict:
+    """Student and reference at `batch`, one call of each per step (`time_alternating`);
+    normalised = the median over steps of student time / reference time."""
+    import numpy as np
 
-    timed = measure_side_by_side({"student": Path(student_onnx), "reference": Path(reference_onnx)}, threads,
-                                 (batch,), timing or GATE_TIMING, rounds)
-    student, reference = timed["student"][batch], timed["reference"][batch]
-    return {"student_ms": student.as_dict(), "reference_ms": reference.as_dict(),
-            "normalised_latency": student.p50 / reference.p50, "batch": batch, "threads": threads}
+    from edgekd.measure.latency import Latency, percentiles, time_alternating
+    from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner
+
+    runners = {"student": OnnxRuntimeRunner(Path(student_onnx), threads),
+               "reference": OnnxRuntimeRunner(Path(reference_onnx), threads)}
+    images = {name: runner.example_input(batch) for name, runner in runners.items()}
+    samples = time_alternating({name: (lambda r=runner, x=images[name]: r.run(x)) for name, runner in runners.items()},
+                               label=f"gate (batch {batch}, {threads} thread{'s' * (threads > 1)})",
+                               warmup=GATE_WARMUP, steps=steps)
+    timed = {name: Latency(*percentiles(samples[name]), "measured", runners[name].description, batch, steps)
+             for name in runners}
+    ratio = float(np.median(np.asarray(samples["student"]) / np.asarray(samples["reference"])))
+    return {"student_ms": timed["student"].as_dict(), "reference_ms": timed["reference"].as_dict(),
+            "normalised_latency": ratio, "batch": batch, "threads": threads}

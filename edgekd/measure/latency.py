@@ -65,3 +65,25 @@ def time_calls(
                 break
             previous_p99 = p99
     return samples
+
+
+def time_alternating(calls: dict[str, Callable[[], object]], *, label: str = "timing", warmup: int = 10,
+                     steps: int = 300) -> dict[str, list[float]]:
+    """Milliseconds per call of each callable, timed one call of each per step, their order
+    reversed every other step (ABBA). A noisy spell on a shared host lasts longer than one step,
+    so it lands on every callable alike: a ratio taken step by step cancels it (the gate's
+    normalised latency: benchmarks/gate_stability.py)."""
+    names = list(calls)
+    for _ in range(warmup):
+        for name in names:
+            calls[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    with progress_bar(label, steps) as advance:
+        for step in range(steps):
+            for name in (names if step % 2 == 0 else names[::-1]):
+                t0 = time.perf_counter()
+                calls[name]()
+                samples[name].append((time.perf_counter() - t0) * 1000.0)
+            advance()
+    return samples
+

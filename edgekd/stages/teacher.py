@@ -27,7 +27,7 @@ from edgekd.config import Profile, fingerprint
 from edgekd.data import DataBundle, augmentations
 from edgekd.errors import BadInputError, EnvironmentProblem
 from edgekd.losses import CrossEntropyObjective
-from edgekd.models import ExportedTeacher, ModelSpec, checkpoint_payload, load_teacher, save_checkpoint
+from edgekd.models import ExportedTeacher, ModelSpec, checkpoint_payload, load_teacher
 from edgekd.runfolder import atomic_write_bytes, atomic_write_text, sha256
 from edgekd.progress import info
 from edgekd.train import TrainPlan, fit
