@@ -174,7 +174,13 @@ def test_a_budget_the_test_split_cannot_decide_exits_6_and_a_team_may_let_it_pas
 
     from tests.conftest import edgekd
 
-    accuracy = smoke_run[1]["budget"]["accuracy"]
+    # the student that ships depends on the target and, on host-cpu, on this CPU's timings (on
+    # some CPUs INT8 is slower than FP32 for so small a network): first read the drop of the
+    # student that mobile-cpu ships (an estimate: the same on every machine), then judge that one
+    first = tmp_path / "run-first"
+    shutil.copytree(smoke_run[0], first)
+    edgekd("compress", "--profile", "smoke", "--target", "mobile-cpu", "--resume", str(first), "--cache-dir", str(cache_dir))
+    accuracy = json.loads((first / "report.json").read_text())["budget"]["accuracy"]
     drop, upper = max(accuracy["drop_points"], 0.0), accuracy["drop_upper_points"]
     assert accuracy["images"] == smoke_run[1]["dataset"]["test"] and upper > drop
     smoke = (PROFILES_DIR / "smoke.toml").read_text()
@@ -184,7 +190,7 @@ def test_a_budget_the_test_split_cannot_decide_exits_6_and_a_team_may_let_it_pas
         profile = tmp_path / f"undecided-{choice}.toml"
         profile.write_text(undecided.replace("[accuracy]\n", f'[accuracy]\nnot_shown = "{choice}"\n'))
         run = tmp_path / f"run-{choice}"
-        shutil.copytree(smoke_run[0], run)
+        shutil.copytree(first, run)
         done = edgekd("compress", "--profile", str(profile), "--target", "mobile-cpu", "--resume", str(run),
                       "--cache-dir", str(cache_dir))
         report = json.loads((run / "report.json").read_text())
