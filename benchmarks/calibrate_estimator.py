@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from edgekd.config import Calibration, Hardware, load_target
-from edgekd.measure.calibrate import Features, Point, calibration_toml, error_of, fit, graph_features, ratios
+from edgekd.measure.calibrate import Features, Point, calibration_toml, error_of, fit, graph_features, ratios, roofline_ms
 from edgekd.onnx_export import export_onnx
 from estimator import RandomImages  # benchmarks/estimator.py, beside this script
 
@@ -130,15 +130,6 @@ def published_points(rebuild: bool = False) -> list[tuple[Point, str, int]]:
     return [(Point(f"{r['model']}@{r['input']} ({r['device']})", r["family"], r["precision"], float(r["latency_ms"]),
                    features[(r["model"], int(r["input"]), r["precision"])], hardware[r["device"]], r["source"]),
              r["split"], int(r["input"])) for r in rows]
-
-
-def roofline_ms(point: Point) -> float:
-    """The plain roofline's estimate of a point, from its features (as edgekd.measure.estimate)."""
-    hw = point.hardware
-    peak = {"int8": hw.int8_tops, "fp16": hw.fp16_tflops, "fp32": hw.fp32_tflops}[point.precision] * 1e12
-    compute = 2 * sum(point.features.macs.values()) / peak * 1000
-    memory = (point.features.moved["memory"] + point.features.moved["pool"]) / (hw.memory_bandwidth_gbs * 1e9) * 1000
-    return compute + memory + point.features.layers * hw.layer_overhead_us / 1000
 
 
 # ------------------------------------------------------------------ this machine

@@ -124,8 +124,9 @@ def print_report(report: dict, run_dir: Path, boxed: bool | None = None) -> None
     for note in sorted({s["latency_note"] for s in report["stages"] if s.get("latency_note")}):
         out.print(f"latency note: {note}", markup=False, highlight=False)
     budget = report["budget"]
-    latency_met = all(v for k, v in budget["checks"].items() if k != "accuracy")
-    colour = "[yellow]" if budget.get("latency_state") == "NOT SHOWN" else "[green]" if latency_met else "[red]"
+    from edgekd.measure.budget import latency_met
+
+    colour = "[yellow]" if budget.get("latency_state") == "NOT SHOWN" else "[green]" if latency_met(budget) else "[red]"
     # verdicts are one line each, never wrapped: CI logs grep them
     out.print(colour + escape(budget["verdict"]), highlight=False, soft_wrap=True)
     if "accuracy" in budget:

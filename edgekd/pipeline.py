@@ -23,6 +23,7 @@ from edgekd.data import DataBundle, load_data
 from edgekd.deploy import INT8_ONNX
 from edgekd.errors import EdgekdError, ExitCode, Interrupted
 from edgekd.measure.accuracy import accuracy_floor, accuracy_verdict, pack_hits
+from edgekd.measure.budget import budget_verdict, latency_met, p50_state
 from edgekd.metrics import count
 from edgekd.models import create_model, require_architecture
 from edgekd.onnx_export import check_parity, export_onnx
@@ -225,8 +226,6 @@ def _run_stages(model: nn.Module, ctx: StageContext, chain_fp: str) -> tuple[nn.
 
 def _budget(ctx: StageContext, records: list[dict], latency: dict, note: str) -> dict:
     """Both budgets, side by side: latency (and memory) on the target, and top-1 against the teacher."""
-    from edgekd.measure.budget import budget_verdict
-
     budget = budget_verdict(ctx.target, latency, records[-1]["size_bytes"], note)
     accuracy = accuracy_verdict(records, ctx.profile, ctx.target)
     budget["accuracy"] = accuracy
@@ -250,10 +249,9 @@ def pruning_line(fit: dict, budget: dict) -> dict:
     stopped short of its margin is a note when the shipped student meets the budget all the same,
     and the named reason of the miss when it does not. The exit code follows the verdict only
     (`exit_code(budget)`)."""
-    latency_met = all(v for k, v in budget["checks"].items() if k != "accuracy")
     if fit["met"]:
         state, line = "fitted", fit["message"]
-    elif latency_met:
+    elif latency_met(budget):
         state, line = "note", (f"note: {fit['message']}; the shipped student meets the latency budget all the same "
                                f"(the margin is headroom pruning aims for, not the budget)")
     else:
@@ -265,8 +263,6 @@ def _against_teacher(target, teacher: dict, student: dict, student_latency: dict
     """What compression bought: whether the teacher as given (its own file, on the same target, same
     source) already meets the latency budget, and the shipped student's speed-up and accuracy cost."""
     teacher_ms, student_ms, limit = teacher["latency_ms"]["p50"], student_latency["p50"], target.budget_p50_ms
-    from edgekd.measure.budget import p50_state
-
     state = None if limit is None else p50_state(teacher["latency_ms"], limit)
     meets = None if state is None else state == "MET"
     speedup = teacher_ms / student_ms if student_ms > 0 else float("inf")

@@ -43,6 +43,26 @@ def test_a_depthwise_convolution_is_its_own_kind(tmp_path):
     assert features.moved["memory"] > 0  # the residual Adds
 
 
+def test_the_uncalibrated_estimate_is_the_form_its_error_was_measured_with(tmp_path):
+    """ROOFLINE_ERROR comes from `roofline_ms` over per-kind totals (benchmarks/calibrate_estimator.py);
+    a target without a calibration must estimate with exactly that form, depthwise layers included."""
+    import torchvision
+
+    from edgekd.measure.calibrate import Point, roofline_ms
+    from edgekd.measure.estimate import ROOFLINE_ERROR
+
+    path = tmp_path / "mbv2.onnx"
+    export_onnx(torchvision.models.mobilenet_v2(num_classes=10).eval(), torch.zeros(1, 3, 64, 64), path)
+    orin = load_target("jetson-orin-nano")
+    assert orin.calibration is None
+    latency, _ = estimate_latency(path, orin, 1)
+    features, _ = graph_features(path, 1, precision="fp16")
+    point = Point("mbv2", "mobilenet_v2", "fp16", latency.p50, features, orin.hardware)
+    assert roofline_ms(point) == pytest.approx(latency.p50, rel=1e-9)
+    assert (latency.p50_low, latency.p50_high) == pytest.approx((latency.p50 / ROOFLINE_ERROR[1],
+                                                                 latency.p50 / ROOFLINE_ERROR[0]))
+
+
 def test_the_phone_estimate_is_calibrated_and_carries_its_error(models):
     mobile = load_target("mobile-cpu")
     assert mobile.calibration is not None and mobile.calibration.int8 is not None

@@ -83,17 +83,19 @@ def test_conv_then_gemm_by_hand(conv_gemm, target):
     # Conv: 4*8*8 outputs x 1*3*3 taps; tensors x 64 + w 36 + b 4 + y 256 = 360 floats
     assert conv.macs == 256 * 9 == 2304
     assert conv.bytes == 360 * 4 == 1440
-    # compute-bound: 2 * 2304 ops / 1e9 = 4.608 us > 1440 B / 1e9 = 1.44 us
+    # a compute kind: 2 * 2304 ops / 1e9 = 4.608 us
     assert conv.ms == pytest.approx(0.004608 + OVERHEAD_MS)
     # Gemm: 10 outputs x 256 inputs; tensors flat 256 + w 2560 + b 10 + out 10 = 2836 floats
     assert fc.macs == 10 * 256 == 2560
     assert fc.bytes == 2836 * 4 == 11344
-    # memory-bound: 11344 B / 1e9 = 11.344 us > 2 * 2560 / 1e9 = 5.12 us
-    assert fc.ms == pytest.approx(0.011344 + OVERHEAD_MS)
+    # a Gemm is a compute kind: 2 * 2560 / 1e9 = 5.12 us, though moving its weights would take 11.344 us.
+    # The plain roofline sums each kind's own bound (not a per-layer max) because that is the form
+    # whose error on timed models is ROOFLINE_ERROR: the interval, not this sum, carries the rest
+    assert fc.ms == pytest.approx(0.005120 + OVERHEAD_MS)
 
     latency, same = estimate_latency(conv_gemm, target)  # batch from the target: 1
     assert same == layers
-    assert latency.p50 == pytest.approx(0.014608 + 0.021344)
+    assert latency.p50 == pytest.approx(0.014608 + 0.015120)
     assert latency.p90 is None and latency.p99 is None  # an estimate states no tail it did not model
     assert (latency.source, latency.batch, latency.runs) == ("estimated", 1, 0)
     assert "round-numbers" in latency.runtime
@@ -125,9 +127,9 @@ def test_qdq_conv_counts_at_int8(tmp_path, target):
     assert (conv.name, conv.precision, fc.precision) == ("conv", "int8", "fp32")
     assert conv.macs == 2304
     assert conv.bytes == 360  # one byte per element
-    # compute: 2 * 2304 / 4e9 = 1.152 us > 360 B / 1e9 = 0.36 us
+    # compute: 2 * 2304 / 4e9 = 1.152 us (its 360 bytes are not what times a conv)
     assert conv.ms == pytest.approx(0.001152 + OVERHEAD_MS)
-    assert fc.ms == pytest.approx(0.011344 + OVERHEAD_MS)  # the Gemm's input is a float Flatten
+    assert fc.ms == pytest.approx(0.005120 + OVERHEAD_MS)  # FP32: the Gemm's input is a float Flatten
 
 
 def test_not_onnx_is_bad_input(tmp_path, target):

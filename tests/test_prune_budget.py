@@ -15,7 +15,6 @@ from edgekd.config import PruneConfig, load_profile, load_target
 from edgekd.data import limit, with_validation
 from edgekd.errors import BadInputError
 from edgekd.losses import CrossEntropyObjective
-from edgekd.measure.budget import upper_p50
 from edgekd.metrics import count
 from edgekd.models import create_model
 from edgekd.runfolder import RunFolder
@@ -94,9 +93,9 @@ def pruned_latency(tmp_path: Path, data, ratio: float) -> tuple[float, float]:
     workdir = tmp_path / "latency"
     workdir.mkdir(exist_ok=True)
     model = student()
-    before = upper_p50(int8_latency(model, ctx, workdir, "start"))
+    before = int8_latency(model, ctx, workdir, "start").p50_upper
     make_pruner(model, ctx.example, PruneConfig(), 10, ratio, 1).step()
-    return before, upper_p50(int8_latency(model, ctx, workdir, "pruned"))
+    return before, int8_latency(model, ctx, workdir, "pruned").p50_upper
 
 
 def test_budget_goal_prunes_until_the_tight_budget_fits(tmp_path, cache_dir, data):

@@ -26,10 +26,10 @@ def p50_state(latency: dict, limit: float) -> str:
     return MISSED if latency["p50_low"] > limit else NOT_SHOWN
 
 
-def upper_p50(latency) -> float:
-    """The p50 a latency must be shown under: the estimate's upper end, or the measured time."""
-    high = latency.get("p50_high") if isinstance(latency, dict) else latency.p50_high
-    return high if high is not None else (latency["p50"] if isinstance(latency, dict) else latency.p50)
+def latency_met(budget: dict) -> bool:
+    """Whether a budget record's latency and memory limits hold (its accuracy check aside): what
+    the printed latency line's colour and budget pruning's account both follow."""
+    return all(v for k, v in budget["checks"].items() if k != "accuracy")
 
 
 def budget_verdict(target: Target, latency: dict, size_bytes: int, note: str = "") -> dict:

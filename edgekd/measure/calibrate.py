@@ -23,12 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.config import Calibration, Efficiencies, EstimateError, Hardware
-from edgekd.measure.estimate import KINDS, estimate_latency, graph_layers
+from edgekd.measure.estimate import KINDS, MEMORY_BOUND, estimate_latency, graph_layers
 
 COMPUTE = ("conv", "depthwise", "pointwise", "fc")  # kinds with MACs
 # kinds timed by the bytes they move rather than their MACs: a 5x5 depthwise convolution has 2.8x
 # the MACs of a 3x3 one, but moves the same activations, and runtimes are bound by the latter
-BYTE_BOUND = ("depthwise", "pool", "memory")
 
 
 @dataclass(frozen=True)
@@ -85,13 +84,21 @@ def design_row(point: Point) -> np.ndarray:
     """Seconds at 100% of peak per kind, the memory-bound seconds at full bandwidth, and the layer count."""
     peak = _peak(point.hardware, point.precision)
     bandwidth = point.hardware.memory_bandwidth_gbs * 1e9
-    return np.array([(point.features.moved[k] / bandwidth) if k in BYTE_BOUND else 2 * point.features.macs[k] / peak
+    return np.array([(point.features.moved[k] / bandwidth) if k in MEMORY_BOUND else 2 * point.features.macs[k] / peak
                      for k in KINDS] + [point.features.layers * 1e-6])
 
 
 def predict_ms(point: Point, efficiencies: Efficiencies) -> float:
     inverse = np.array([1 / getattr(efficiencies, k) for k in KINDS] + [efficiencies.layer_us])
     return float(design_row(point) @ inverse) * 1000.0
+
+
+def roofline_ms(point: Point) -> float:
+    """The plain (uncalibrated) roofline's estimate of a point: every fraction of peak at 1 and
+    the device's own per-layer overhead, which is what `estimate_latency` does for a target
+    without a `[calibration]` table (tests/test_calibrate.py holds the two equal)."""
+    ones = {kind: 1.0 for kind in KINDS}
+    return predict_ms(point, Efficiencies(**ones, layer_us=point.hardware.layer_overhead_us))
 
 
 def fit(points: list[Point], prior: dict[str, Efficiencies] | None = None,

@@ -4,8 +4,11 @@ Each layer has a kind (`layer_kind`: dense, depthwise or pointwise convolution, 
 or memory-bound: elementwise, pooling). A target with a `[calibration]` table (fitted on
 published and measured timings: docs/latency_estimate.md) times a compute layer at its kind's
 achieved fraction of the precision's peak, a memory-bound layer at its fraction of the bandwidth,
-plus a fitted per-layer cost. A target without one gets the plain roofline: time = max(2 * MACs /
-peak ops, bytes moved / bandwidth) + the target's per-layer overhead. The model's latency is the
+plus a fitted per-layer cost. A target without one gets the plain roofline, the same form with
+every fraction at 1: a compute layer takes 2 * MACs / peak ops, a memory-bound one (depthwise,
+pooling, elementwise) bytes moved / bandwidth, each plus the target's per-layer overhead. (Not
+max(compute, memory) per layer: the form must be the one `ROOFLINE_ERROR` was measured with, and
+that is computed from per-kind totals, which a per-layer max cannot be.) The model's latency is the
 sum, with an interval from the estimator's measured error: the calibration's own, or for the
 plain roofline the error it showed on the published data (`ROOFLINE_ERROR`). Quantize/dequantize pairs,
 reshapes and activations that runtimes fuse into the preceding layer cost nothing. A layer runs
@@ -33,12 +36,14 @@ FREE_OPS = {
 }
 KINDS = ("conv", "depthwise", "pointwise", "fc", "pool", "memory")
 POOLS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "ReduceMean", "ReduceMax"}
-# estimated / measured of the plain roofline over every point in
-# edgekd/targets/calibration/published.csv and this machine's ONNX Runtime timings
-# (benchmarks/calibrate_estimator.py; table in docs/latency_estimate.md). The roofline runs at peak,
-# so it is rarely slow; how much faster than real it is, is what the interval must cover.
-ROOFLINE_ERROR = (0.179, 1.055)
+# estimated / measured of the plain roofline (`calibrate.roofline_ms`, the form `layer_ms` uses
+# without a calibration) over 122 points: every row of edgekd/targets/calibration/published.csv and
+# ONNX Runtime timings on two host CPUs, an AMD EPYC and an Intel Xeon (benchmarks/calibrate_estimator.py;
+# tables in docs/latency_estimate.md). The roofline runs at peak, so it is rarely slow; how much
+# faster than real it is, is what the interval must cover.
+ROOFLINE_ERROR = (0.192, 1.055)
 BYTES = {"int8": 1, "fp16": 2, "fp32": 4}
+MEMORY_BOUND = ("depthwise", "pool", "memory")  # timed by the bytes they move; the rest by MACs
 
 
 @dataclass(frozen=True)
@@ -144,14 +149,13 @@ def layer_ms(kind: str, precision: str, macs: int, moved: int, target: Target) -
     """One layer's time on `target`: calibrated where the target has efficiencies for `precision`."""
     bandwidth = target.hardware.memory_bandwidth_gbs * 1e9
     fitted = getattr(target.calibration, precision, None) if target.calibration is not None else None
-    if fitted is None:
-        seconds = max(2 * macs / peaks(target)[precision], moved / bandwidth)
-        return seconds * 1000.0 + target.hardware.layer_overhead_us / 1000.0
-    if kind in ("memory", "pool", "depthwise"):
-        seconds = moved / (getattr(fitted, kind) * bandwidth)
+    efficiency = getattr(fitted, kind) if fitted is not None else 1.0
+    layer_us = fitted.layer_us if fitted is not None else target.hardware.layer_overhead_us
+    if kind in MEMORY_BOUND:
+        seconds = moved / (efficiency * bandwidth)
     else:
-        seconds = 2 * macs / (getattr(fitted, kind) * peaks(target)[precision])
-    return seconds * 1000.0 + fitted.layer_us / 1000.0
+        seconds = 2 * macs / (efficiency * peaks(target)[precision])
+    return seconds * 1000.0 + layer_us / 1000.0
 
 
 def estimate_error(target: Target, precisions: set[str]) -> tuple[float, float, str]:

@@ -25,6 +25,11 @@ class Latency:
     p50_high: float | None = None
     basis: str = ""  # what an estimate's interval rests on (calibrated, or the plain roofline)
 
+    @property
+    def p50_upper(self) -> float:
+        """The p50 this latency must be shown under: an estimate's upper end, or the measured time."""
+        return self.p50_high if self.p50_high is not None else self.p50
+
     def as_dict(self) -> dict:
         return asdict(self)
 

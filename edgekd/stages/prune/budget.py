@@ -33,7 +33,6 @@ from torch import nn
 from edgekd import checkpoints, distributed
 from edgekd.config import ActivationScheme, Target
 from edgekd.data import stratified_subset
-from edgekd.measure.budget import upper_p50
 from edgekd.measure.latency import Latency
 from edgekd.measure.target_latency import target_latency
 from edgekd.metrics import count
@@ -89,7 +88,7 @@ def fits(latency: Latency, goal: dict[str, float]) -> bool:
     """Every limit the latency has a number for (an estimate has no p99), as the budget verdict judges:
     an estimate's p50 by the upper end of its interval, so a fitted student is one the verdict shows MET."""
     def value(k: str):
-        return upper_p50(latency) if k == "p50" else getattr(latency, k)
+        return latency.p50_upper if k == "p50" else getattr(latency, k)
 
     return all(value(k) <= v for k, v in goal.items() if value(k) is not None)
 
