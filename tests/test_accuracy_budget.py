@@ -206,3 +206,28 @@ def test_a_budget_the_test_split_cannot_decide_exits_6_and_a_team_may_let_it_pas
     assert outcomes == {"fail": 6, "pass": 0}
     assert [c.returncode for c in checked] == [0, 6]
     assert "NOT SHOWN" in checked[1].stdout
+
+
+def test_the_bound_is_newcombes_paired_interval():
+    """Newcombe's square-and-add interval for paired proportions, on the worked example of Fagerland,
+    Lydersen and Laake's "Statistical Analysis of Contingency Tables" (ch. 8, Cavo et al. 2012: 59
+    both, 6 first only, 16 second only, 80 neither): 95% CI -0.1186 to -0.0046, so each end is a
+    one-sided 97.5% bound."""
+    from edgekd.measure.accuracy import newcombe_upper
+
+    assert newcombe_upper(59, 6, 16, 161, 0.975) == pytest.approx(-0.0046, abs=5e-5)
+    assert -newcombe_upper(59, 16, 6, 161, 0.975) == pytest.approx(-0.1186, abs=5e-5)
+
+
+def test_two_models_that_never_disagreed_are_still_bounded_by_what_the_images_can_show():
+    """Identical answers on 300 images: the drop is 0, but up to 1% of other images could still
+    differ (1 - 0.05^(1/300)), so a 0.5-point budget is NOT SHOWN, and a 2-point one MET."""
+    profile, target = load_profile("default"), load_target("host-cpu")
+    same = _paired(300, 270, 270, 270)
+    verdict = accuracy_verdict(same, profile, target)
+    assert verdict["drop_points"] == 0.0
+    assert verdict["drop_upper_points"] == pytest.approx(100 * (1 - 0.05 ** (1 / 300)))
+    tight = profile.model_copy(update={"accuracy": profile.accuracy.model_copy(update={"max_drop": 0.5})})
+    assert accuracy_verdict(same, tight, target)["state"] == "NOT SHOWN"
+    loose = profile.model_copy(update={"accuracy": profile.accuracy.model_copy(update={"max_drop": 2.0})})
+    assert accuracy_verdict(same, loose, target)["state"] == "MET"
