@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from edgekd import listing
+from edgekd.report import listing
 from edgekd.errors import EdgekdError, ExitCode
 
 app = typer.Typer(
@@ -278,7 +278,7 @@ def check(
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="A run folder holding report.json.")]) -> None:
     """Re-render report.html and its plots from a run folder's report.json (after an upgrade, say)."""
-    from edgekd.report_html import render_run
+    from edgekd.report.html import render_run
 
     out.print(f"wrote {render_run(run_dir)}", highlight=False, markup=False, soft_wrap=True)
 
@@ -286,7 +286,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run folder holding re
 @app.command("build-engine")
 def build_engine(run_dir: Annotated[Path, typer.Argument(help="A run folder holding student.int8.onnx.")]) -> None:
     """On the device: build the TensorRT engine for a run folder and measure it against the budget."""
-    from edgekd.deploy import build_engine_for_run
+    from edgekd.export.tensorrt_engine import build_engine_for_run
 
     out.print(build_engine_for_run(run_dir), highlight=False, markup=False)
 

@@ -20,7 +20,6 @@ from torch import nn
 from edgekd import __version__, checkpoints, distributed
 from edgekd.config import Profile, fingerprint, load_profile, load_target
 from edgekd.data import DataBundle, load_data
-from edgekd.deploy import INT8_ONNX
 from edgekd.errors import EdgekdError, ExitCode, Interrupted
 from edgekd.measure.accuracy import accuracy_floor, accuracy_verdict, pack_hits
 from edgekd.measure.budget import budget_verdict, latency_met, p50_state
@@ -28,7 +27,7 @@ from edgekd.metrics import count
 from edgekd.models import create_model, require_architecture
 from edgekd.onnx_export import check_parity, export_onnx
 from edgekd.progress import info
-from edgekd.runfolder import atomic_write_bytes, atomic_write_json, claim_on_rank0
+from edgekd.runfolder import FP32_ONNX, INT8_ONNX, atomic_write_bytes, atomic_write_json, claim_on_rank0
 from edgekd.runtimes import backend
 from edgekd.stages import StageContext
 from edgekd.stages.distill import DistillStage
@@ -40,7 +39,6 @@ from edgekd.train import correct_onnx
 from edgekd.measure.target_latency import off_target_label, on_target_device, target_latency
 
 STAGES = (DistillStage(), PruneStage(), QuantizeStage())  # in this order; nothing prunes after QAT
-FP32_ONNX = "student.fp32.onnx"
 EVAL_THREADS = 2  # ONNX Runtime threads for measuring accuracy on the exported files
 REPORT = "report.json"
 
@@ -441,7 +439,7 @@ def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, da
             budget_latency, budget_note, budget_records = shipped_record["latency_ms"], shipped_record["latency_note"], \
                 [*records[:-1], shipped_record]
     if backend(target).needs_engine and artifacts["student_int8_onnx"]:  # TensorRT: engine and build script
-        from edgekd.deploy import CHECK_IMAGES, prepare_engine
+        from edgekd.export.tensorrt_engine import CHECK_IMAGES, prepare_engine
 
         tensorrt = prepare_engine(run.root, target, final_onnx, ctx.example.numpy())
         artifacts.update({"engine": tensorrt["engine"], "build_script": tensorrt["build_script"],
@@ -480,7 +478,7 @@ def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, da
     }
     if shipped and shipped["warning"]:
         report["budget"]["verdict"] += f". {shipped['warning']}"
-    from edgekd.report_html import ACCURACY_LATENCY_PNG, LAYERS_PNG, REPORT_HTML, write_html
+    from edgekd.report.html import ACCURACY_LATENCY_PNG, LAYERS_PNG, REPORT_HTML, write_html
 
     artifacts.update({"report_json": REPORT, "report_html": REPORT_HTML,
                       "plot_accuracy_latency": ACCURACY_LATENCY_PNG, "plot_layers": LAYERS_PNG})

@@ -172,6 +172,8 @@ class RunFolder:
 
 # ---------------------------------------------------------------- ownership and the lock
 
+FP32_ONNX = "student.fp32.onnx"  # the deployable files every run writes at its top
+INT8_ONNX = "student.int8.onnx"
 OWNER = ".edgekd-run.json"  # written by edgekd in every folder it creates: the run's id
 LOCK = ".edgekd.lock"  # flock()ed for the run's lifetime; holds the holder's pid, host and start
 

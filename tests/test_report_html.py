@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from edgekd.report_html import write_html
+from edgekd.report.html import write_html
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

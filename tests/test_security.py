@@ -135,7 +135,7 @@ def test_the_build_script_quotes_every_value(tmp_path):
     from onnx import TensorProto, helper
 
     from edgekd.config import load_target
-    from edgekd.deploy import write_build_script
+    from edgekd.export.tensorrt_engine import write_build_script
 
     hostile = "$(touch pwned-input) `touch pwned-tick`; touch pwned-semi"
     graph = helper.make_graph([helper.make_node("Identity", [hostile], ["y"])], "g",

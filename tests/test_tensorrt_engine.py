@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from edgekd.config import ActivationScheme, load_target
 from edgekd.data import load_fashion_mnist
-from edgekd.deploy import ENGINE, prepare_engine
+from edgekd.export.tensorrt_engine import ENGINE, prepare_engine
 from edgekd.models import create_model
 from edgekd.onnx_export import export_onnx
 from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner

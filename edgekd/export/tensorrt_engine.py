@@ -19,10 +19,9 @@ import numpy as np
 from edgekd import __version__
 from edgekd.config import Target
 from edgekd.errors import BadInputError, EdgekdError, EnvironmentProblem
-from edgekd.qdq_check import check_tensorrt_qdq, raise_if_failed
-from edgekd.runfolder import atomic_write_bytes, atomic_write_text
+from edgekd.export.tensorrt_lint import check_tensorrt_qdq, raise_if_failed
+from edgekd.runfolder import INT8_ONNX, atomic_write_bytes, atomic_write_text
 
-INT8_ONNX = "student.int8.onnx"
 ENGINE = "student.engine"
 BUILD_SCRIPT = "build_engine.sh"
 CHECK_IMAGES = "engine_check_images.npy"  # real test images, so the device compares on them too
