@@ -31,7 +31,7 @@ from statistics import NormalDist
 import numpy as np
 from scipy.stats import beta
 
-from edgekd.measure.accuracy import newcombe_upper
+from edgekd.verify.accuracy_budget import newcombe_upper
 
 CONFIDENCE = 0.95
 DRAWS = 4000

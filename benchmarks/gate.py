@@ -24,7 +24,7 @@ import torch
 
 from edgekd.config import ActivationScheme
 from edgekd.measure.device import this_machine
-from edgekd.measure.gate import build_reference
+from edgekd.measure.normalised_latency import build_reference
 from edgekd.measure.latency import percentiles, time_calls
 from edgekd.models import create_model
 from edgekd.onnx_export import export_onnx

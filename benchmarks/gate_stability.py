@@ -5,7 +5,7 @@ in one run so the same host noise meets both:
 - rounds: each model timed for a round of up to 60 calls in turn, 5 rotated rounds, samples pooled,
   normalised = p50(student) / p50(reference) (the gate before 2026-12-02);
 - steps: one call of each per step, ABBA order, normalised = median over steps of the per-step
-  ratio (`edgekd.measure.gate.gate_latency`, the gate now).
+  ratio (`edgekd.measure.normalised_latency.gate_latency`, the gate now).
 
     python benchmarks/gate_stability.py --run-dir RUN [--repeats 8]   # RUN: a host-cpu smoke run
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.measure.device import this_machine
-from edgekd.measure.gate import GATE_BATCH, GATE_THREADS, gate_latency
+from edgekd.measure.normalised_latency import GATE_BATCH, GATE_THREADS, gate_latency
 from edgekd.runtimes.onnxruntime import measure_side_by_side
 
 OUT = Path(__file__).resolve().parent / "out"

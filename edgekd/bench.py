@@ -5,7 +5,7 @@ target's runtime runs here, and estimated (roofline) where not; `--measure-here`
 anyway, labelled "measured on <this machine>, not on <target device>". A TensorRT engine is
 measured, estimated from the .onnx beside it, or refused; so is an OpenVINO IR (.xml) on an
 OpenVINO target. The budget verdict
-is worded by `edgekd.measure.budget.budget_verdict`, the same function the pipeline's report uses, so `edgekd bench` on
+is worded by `edgekd.verify.latency_budget.budget_verdict`, the same function the pipeline's report uses, so `edgekd bench` on
 a run's student agrees with that run's report.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edgekd.config import Target, load_target
 from edgekd.errors import BadInputError, EnvironmentProblem
-from edgekd.measure.budget import budget_verdict
+from edgekd.verify.latency_budget import budget_verdict
 from edgekd.measure.latency import Latency
 
 

@@ -124,7 +124,7 @@ def print_report(report: dict, run_dir: Path, boxed: bool | None = None) -> None
     for note in sorted({s["latency_note"] for s in report["stages"] if s.get("latency_note")}):
         out.print(f"latency note: {note}", markup=False, highlight=False)
     budget = report["budget"]
-    from edgekd.measure.budget import latency_met
+    from edgekd.verify.latency_budget import latency_met
 
     colour = "[yellow]" if budget.get("latency_state") == "NOT SHOWN" else "[green]" if latency_met(budget) else "[red]"
     # verdicts are one line each, never wrapped: CI logs grep them
@@ -252,7 +252,7 @@ def check(
     not_shown: Annotated[NotShown, typer.Option(help="A report whose accuracy budget is NOT SHOWN (within it, but the data cannot rule out more): pass, or fail (exit 6).")] = "pass",
 ) -> None:
     """CI latency regression gate: exit 4 when the student got slower or less accurate than the baseline, or the runs are not comparable; 6 with --not-shown fail on a NOT SHOWN accuracy budget."""
-    from edgekd.check import compare, require_complete
+    from edgekd.verify.ci_gate import compare, require_complete
     from edgekd.pipeline import read_report
 
     checked = require_complete(read_report(report), str(report), required=True)

@@ -21,8 +21,8 @@ from edgekd import __version__, checkpoints, distributed
 from edgekd.config import Profile, fingerprint, load_profile, load_target
 from edgekd.data import DataBundle, load_data
 from edgekd.errors import EdgekdError, ExitCode, Interrupted
-from edgekd.measure.accuracy import accuracy_floor, accuracy_verdict, pack_hits
-from edgekd.measure.budget import budget_verdict, latency_met, p50_state
+from edgekd.verify.accuracy_budget import accuracy_floor, accuracy_verdict, pack_hits
+from edgekd.verify.latency_budget import budget_verdict, latency_met, p50_state
 from edgekd.metrics import count
 from edgekd.models import create_model, require_architecture
 from edgekd.onnx_export import check_parity, export_onnx
@@ -301,8 +301,8 @@ def gate_subject(root: Path, final: dict) -> Path:
 
 def _reference(ctx: StageContext, student_onnx: Path) -> dict:
     """What the CI gate compares: the student timed beside a fixed reference that scales like it
-    (edgekd.measure.gate), so the ratio is comparable across machines where milliseconds are not."""
-    from edgekd.measure.gate import build_reference, gate_latency, reference_description
+    (edgekd.measure.normalised_latency), so the ratio is comparable across machines where milliseconds are not."""
+    from edgekd.measure.normalised_latency import build_reference, gate_latency, reference_description
 
     scheme = ctx.target.activation_scheme
     path, macs = build_reference(ctx.run.path("stages/reference.onnx"), ctx.data.num_classes, ctx.data.input_shape,

@@ -7,7 +7,7 @@ import pytest
 from edgekd.config import PROFILES_DIR, load_profile, load_target
 import numpy as np
 
-from edgekd.measure.accuracy import accuracy_floor, accuracy_verdict, pack_hits
+from edgekd.verify.accuracy_budget import accuracy_floor, accuracy_verdict, pack_hits
 from edgekd.models import create_model
 from edgekd.pipeline import ExportMismatch, _check_export, _export
 
@@ -213,7 +213,7 @@ def test_the_bound_is_newcombes_paired_interval():
     Lydersen and Laake's "Statistical Analysis of Contingency Tables" (ch. 8, Cavo et al. 2012: 59
     both, 6 first only, 16 second only, 80 neither): 95% CI -0.1186 to -0.0046, so each end is a
     one-sided 97.5% bound."""
-    from edgekd.measure.accuracy import newcombe_upper
+    from edgekd.verify.accuracy_budget import newcombe_upper
 
     assert newcombe_upper(59, 6, 16, 161, 0.975) == pytest.approx(-0.0046, abs=5e-5)
     assert -newcombe_upper(59, 16, 6, 161, 0.975) == pytest.approx(-0.1186, abs=5e-5)

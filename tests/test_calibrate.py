@@ -11,7 +11,7 @@ import torch
 
 from tests.conftest import edgekd
 from edgekd.config import load_target
-from edgekd.measure.budget import budget_verdict
+from edgekd.verify.latency_budget import budget_verdict
 from edgekd.measure.calibrate import graph_features
 from edgekd.measure.estimate import estimate_latency, layer_kind
 from edgekd.models import create_model

@@ -11,12 +11,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from edgekd.check import GateResult, compare
+from edgekd.verify.ci_gate import GateResult, compare
 from edgekd.cli import app
 from edgekd.config import ActivationScheme, load_target
 from edgekd.errors import BadInputError, ExitCode
 from edgekd.measure.estimate import estimate_layers
-from edgekd.measure.gate import build_reference, gate_latency, reference_description
+from edgekd.measure.normalised_latency import build_reference, gate_latency, reference_description
 from edgekd.models import create_model
 from edgekd.onnx_export import export_onnx
 

@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from edgekd.check import compare
-from edgekd.measure.gate import GATE_THREADS, gate_latency
+from edgekd.verify.ci_gate import compare
+from edgekd.measure.normalised_latency import GATE_THREADS, gate_latency
 from tests.conftest import REPO, edgekd
 from edgekd.testing import plant_student
 

@@ -33,3 +33,16 @@ def test_a_non_editable_install_finds_its_targets_and_profiles_from_any_director
         assert done.returncode == 0, done.stderr[-2000:]
     assert "jetson-orin-nano" in subprocess.run([sys.executable, "-m", "edgekd", "targets", "list"], capture_output=True,
                                                 text=True, cwd=elsewhere, env=env, timeout=120).stdout
+
+
+def test_the_readme_layout_names_every_package_folder():
+    """README's Layout block is the map a new engineer reads first: every sub-package of edgekd/ is
+    on it, and every folder it names exists."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    packages = {p.parent.name for p in (REPO / "edgekd").glob("*/__init__.py")}
+    named = set(re.findall(r"^  (\w+)/", block, flags=re.M))
+    assert packages <= named, f"not in README's layout: {sorted(packages - named)}"
+    assert named <= packages, f"named in README's layout but not in edgekd/: {sorted(named - packages)}"

@@ -12,7 +12,7 @@ import torch
 
 from edgekd.config import TARGETS_DIR, TargetDevice, load_target
 from edgekd.errors import BadInputError
-from edgekd.measure.budget import budget_verdict
+from edgekd.verify.latency_budget import budget_verdict
 from edgekd.measure.device import Gpu, Machine, matches, this_machine
 from edgekd.measure.target_latency import target_latency
 from edgekd.models import create_model

@@ -2,7 +2,7 @@
 
 Latency is compared as the *normalised* latency: the student's p50 over a reference's, both INT8,
 of the same layers and similar size, timed side by side at a batch where arithmetic dominates
-(edgekd.measure.gate). So a CI machine with another CPU, or busier than the one that made the
+(edgekd.measure.normalised_latency). So a CI machine with another CPU, or busier than the one that made the
 baseline, does not move the verdict, while a student with more work does (README "CI latency
 gate" has the measurements). Accuracy is the final stage's top-1, compared in absolute points.
 
