@@ -30,7 +30,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgekd import checkpoints, distributed
+from edgekd import distributed
 from edgekd.config import ActivationScheme, Target
 from edgekd.data import stratified_subset
 from edgekd.measure.latency import Latency
@@ -38,10 +38,9 @@ from edgekd.measure.target_latency import target_latency
 from edgekd.metrics import count
 from edgekd.onnx_export import INPUT_NAME, export_onnx
 from edgekd.progress import info
-from edgekd.runfolder import atomic_torch_save
 from edgekd.stages import StageContext, StageOutput
-from edgekd.stages.prune.common import (accuracy_floor, ignored_layers, importance_of, recover, sparse_training,
-                                        taylor_gradients, validation_set)
+from edgekd.stages.prune.common import (ignored_layers, importance_of, pruning_guard, recover, resume_progress,
+                                        save_progress, sparse_training, taylor_gradients, validation_set)
 from edgekd.train import accuracy
 
 CALIBRATION_IMAGES = 8
@@ -179,15 +178,12 @@ def prune_to_budget(model: nn.Module, ctx: StageContext) -> StageOutput:
     budget = {"p50": ctx.target.budget_p50_ms or ctx.target.budget.latency_p99_ms, "goal_p50": goal.get("p50", goal.get("p99"))}
     val, val_source = validation_set(ctx)
     slice_ = stratified_subset(val, cfg.candidate_samples, ctx.profile.seed)
-    progress = ctx.progress("prune")
     macs_before, params_before = count(model, ctx.example[:1])
     path, losses, first_step, sparse_losses = [], [], 1, []
-    if progress.is_file():
-        state = checkpoints.load(progress)  # weights_only=True
-        if state.get("fingerprint") == ctx.fingerprint:
-            model = checkpoints.restore(state["model"], like=model, source=str(progress))
-            path, losses = state["path"], state["losses"]
-            first_step = path[-1]["step"] + 1
+    model, resumed = resume_progress(model, ctx)
+    if resumed is not None:
+        path, losses = resumed["path"], resumed["losses"]
+        first_step = path[-1]["step"] + 1
     with tempfile.TemporaryDirectory(prefix="edgekd-netadapt-") as tmp:
         workdir = Path(tmp)
         if not path:
@@ -195,7 +191,7 @@ def prune_to_budget(model: nn.Module, ctx: StageContext) -> StageOutput:
                 sparse_losses = sparse_training(model, ctx)
             latency = distributed.broadcast(int8_latency(model, ctx, workdir, "prune start latency"))
             path.append(_point(0, model, ctx, latency, accuracy(model, val), layer=None, removed=0))
-        floor, guarding = accuracy_floor(ctx, path[0]["val_accuracy"])
+        floor, guarding = pruning_guard(ctx, path[0]["val_accuracy"])
         if ctx.accuracy_floor is not None and floor is None:
             info(f"[yellow]prune: {guarding}")
         latency = Latency(path[-1]["latency_ms"], None, path[-1]["latency_p99_ms"], path[-1]["latency_source"], "",
@@ -230,11 +226,7 @@ def prune_to_budget(model: nn.Module, ctx: StageContext) -> StageOutput:
             path.append({**point, "kept": True})
             latency = chosen_latency
             met = fits(latency, goal)
-            if distributed.is_main():
-                atomic_torch_save({"fingerprint": ctx.fingerprint, "model": checkpoints.model_payload(model), "path": path,
-                                   "losses": losses},
-                                  progress)
-            distributed.barrier()
+            save_progress(model, ctx, path=path, losses=losses)
             step += 1
         if not met and not reason:
             reason = f"max_steps ({cfg.max_steps}) reached"

@@ -1,5 +1,6 @@
 """What both pruning goals share: the Torch-Pruning pruner, importance, the layers left alone,
-recovery by distillation after a step, and the accuracy floor a step may not fall below."""
+recovery by distillation after a step, the accuracy floor a step may not fall below, and the
+progress file a killed run continues from."""
 
 from __future__ import annotations
 
@@ -8,14 +9,35 @@ import torch_pruning as tp
 from torch import nn
 from torch.utils.data import Dataset
 
+from edgekd import checkpoints, distributed
 from edgekd.config import PruneConfig
 from edgekd.data import stratified_subset
 from edgekd.errors import BadInputError
 from edgekd.losses import DistillationObjective
 from edgekd.metrics import count
+from edgekd.runfolder import atomic_torch_save
 from edgekd.stages import StageContext
 from edgekd.train import TrainPlan, fit
 
+
+def resume_progress(model: nn.Module, ctx: StageContext) -> tuple[nn.Module, dict | None]:
+    """A killed run's pruned model and its saved fields, when its progress file is this run's
+    (same fingerprint); else the model as given and None."""
+    progress = ctx.progress("prune")
+    if not progress.is_file():
+        return model, None
+    state = checkpoints.load(progress)  # weights_only=True
+    if state.get("fingerprint") != ctx.fingerprint:
+        return model, None
+    return checkpoints.restore(state["model"], like=model, source=str(progress)), state
+
+
+def save_progress(model: nn.Module, ctx: StageContext, **fields) -> None:
+    """After each kept step, on rank 0 only: what `resume_progress` reads back."""
+    if distributed.is_main():
+        atomic_torch_save({"fingerprint": ctx.fingerprint, "model": checkpoints.model_payload(model), **fields},
+                          ctx.progress("prune"))
+    distributed.barrier()
 
 
 def validation_set(ctx: StageContext) -> tuple[Dataset, str]:
@@ -29,7 +51,7 @@ def validation_set(ctx: StageContext) -> tuple[Dataset, str]:
     return stratified_subset(ctx.data.train, n, ctx.profile.seed + 7), f"{n} training images (no validation split)"
 
 
-def accuracy_floor(ctx: StageContext, start_accuracy: float) -> tuple[float | None, str]:
+def pruning_guard(ctx: StageContext, start_accuracy: float) -> tuple[float | None, str]:
     """The floor pruning guards, and why none when it guards none: a student already below the
     floor when pruning starts has no step that held to back off to (the run's accuracy verdict
     names the stage where it fell below), so pruning then proceeds as configured."""

@@ -7,14 +7,13 @@ import copy
 
 from torch import nn
 
-from edgekd import checkpoints, distributed
 from edgekd.errors import BadInputError
 from edgekd.metrics import count
 from edgekd.progress import info
-from edgekd.runfolder import atomic_torch_save
 from edgekd.stages import StageContext, StageOutput
-from edgekd.stages.prune.common import (accuracy_floor, ignored_layers, make_pruner, prunable_channels, prune_until,
-                                        recover, sparse_training, taylor_gradients, validation_set)
+from edgekd.stages.prune.common import (ignored_layers, make_pruner, prunable_channels, prune_until, pruning_guard,
+                                        recover, resume_progress, save_progress, sparse_training, taylor_gradients,
+                                        validation_set)
 from edgekd.train import accuracy
 
 
@@ -66,17 +65,12 @@ def prune_to_ratio(model: nn.Module, ctx: StageContext) -> StageOutput:
     example = ctx.example[:1]
     macs_before, params_before = count(model, example)
     first_step, losses, steps_done, sparse_losses = 0, [], [], []
-    progress = ctx.progress("prune")
-    resumed = None
-    if progress.is_file():  # a killed run: continue after the last recovered step
-        state = checkpoints.load(progress)  # weights_only=True
-        if state.get("fingerprint") == ctx.fingerprint:
-            resumed = state
-            model = checkpoints.restore(state["model"], like=model, source=str(progress))
-            first_step, losses = state["step"] + 1, state["losses"]
-            macs_before, params_before = state["macs_before"], state["params_before"]
-            steps_done, reachable = state.get("steps", []), state.get("reach")
-    if resumed is None:
+    model, resumed = resume_progress(model, ctx)  # a killed run: continue after the last recovered step
+    if resumed is not None:
+        first_step, losses = resumed["step"] + 1, resumed["losses"]
+        macs_before, params_before = resumed["macs_before"], resumed["params_before"]
+        steps_done, reachable = resumed.get("steps", []), resumed.get("reach")
+    else:
         reachable = reach(model, ctx)
         if cfg.importance == "group_norm":
             sparse_losses = sparse_training(model, ctx)
@@ -89,7 +83,7 @@ def prune_to_ratio(model: nn.Module, ctx: StageContext) -> StageOutput:
     else:  # by MACs: many small channel steps until each round's MAC goal is met
         pruner = make_pruner(model, example, cfg, ctx.data.num_classes, 0.95, 200)
     val, val_source = validation_set(ctx) if ctx.accuracy_floor is not None else (None, None)
-    floor, guarding = accuracy_floor(ctx, accuracy(model, val)) if val is not None else (None, "no accuracy budget")
+    floor, guarding = pruning_guard(ctx, accuracy(model, val)) if val is not None else (None, "no accuracy budget")
     if val is not None and floor is None:
         info(f"[yellow]prune: {guarding}")
     guard = None
@@ -117,12 +111,8 @@ def prune_to_ratio(model: nn.Module, ctx: StageContext) -> StageOutput:
                 steps_done.append({**record, "kept": False})
                 break
         steps_done.append({**record, "kept": True})
-        if distributed.is_main():
-            atomic_torch_save({"fingerprint": ctx.fingerprint, "model": checkpoints.model_payload(model), "step": step,
-                               "losses": losses,
-                               "macs_before": macs_before, "params_before": params_before, "steps": steps_done,
-                               "reach": reachable}, progress)
-        distributed.barrier()
+        save_progress(model, ctx, step=step, losses=losses, macs_before=macs_before, params_before=params_before,
+                      steps=steps_done, reach=reachable)
     macs_after, params_after = count(model, example)
     details = {
         "goal": "ratio", "macs_before": macs_before, "macs_after": macs_after,
