@@ -40,9 +40,11 @@ OUT = REPO / "benchmarks" / "out" / "own_data"
 
 def compress(data: Path, seed: int, run_dir: Path, cache: Path, profile: str = "default", image_size: int = 28) -> dict:
     started = time.perf_counter()
+    # a row cut off (a killed benchmark) continues from its run folder's finished stages
+    folder = ["--resume", str(run_dir)] if (run_dir / "config.json").is_file() else ["--run-dir", str(run_dir)]
     done = subprocess.run(
         [sys.executable, "-m", "edgekd", "compress", "--target", "mobile-cpu", "--profile", profile, "--data", str(data),
-         "--image-size", str(image_size), "--seed", str(seed), "--run-dir", str(run_dir), "--cache-dir", str(cache)],
+         "--image-size", str(image_size), "--seed", str(seed), *folder, "--cache-dir", str(cache)],
         capture_output=True, text=True, env={**os.environ, "EDGEKD_QUIET": "1"})
     seconds = time.perf_counter() - started
     report_path = run_dir / "report.json"
@@ -128,7 +130,7 @@ def main() -> None:
     for seed in args.seeds:
         for size in args.sizes:
             entry = results[f"{size}{variant}"]
-            if str(seed) in entry["runs"]:
+            if str(seed) in entry["runs"] and "error" not in entry["runs"][str(seed)]:
                 continue
             row = compress(trees[size], seed, OUT / f"{prefix}{size}{variant}-{seed}", OUT / "cache", args.profile,
                            args.image_size)
