@@ -6,11 +6,9 @@ The security cases (code in a teacher, a shell in a name, planted links) are tes
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
