@@ -14,7 +14,7 @@ Each model as:
   edgekd         the same, then edgekd's ONNX Runtime placement pass (edgekd.export.ort_qdq):
                  edgekd's INT8 for ONNX Runtime targets
   edgekd-mixed   edgekd, with the layers ONNX Runtime's profiler times slower in INT8 than in FP32
-                 (at that batch) kept in FP32 (edgekd.precision); only where such layers exist
+                 (at that batch) kept in FP32 (edgekd.export.int8_fit); only where such layers exist
 run in ONNX Runtime (ort/...) and OpenVINO (ov/...), at batch 1 and 64, 2 threads, every runner
 timed in rotated rounds in this one process. INT8 here is post-training (no QAT): the pipeline adds
 QAT on top. Accuracy: top-1 on Fashion-MNIST test images for edgekd_cnn; for the random-weight
@@ -50,7 +50,8 @@ from edgekd.export.ort_qdq import conv_counts, place_for_onnxruntime
 from edgekd.fold import fold_batchnorm
 from edgekd.models import create_model
 from edgekd.onnx_export import INPUT_NAME, export_onnx
-from edgekd.precision import layer_timings, measure_runners_side_by_side, slower_in_int8
+from edgekd.export.int8_fit import layer_timings, slower_in_int8
+from edgekd.measure.latency import measure_runners_side_by_side
 from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner, store_int8_weights
 from edgekd.stages.quantize import quantize_with_nncf, strip_to_qdq
 
@@ -303,7 +304,7 @@ def bench_padding(mode: str, folder: Path, data) -> dict:
     """edgekd_cnn_fc at several widths (random weights, BatchNorm settled on Fashion-MNIST images),
     NNCF INT8 placed for ONNX Runtime with the first convolution kept float, as the default
     student's run keeps it: that file with rewrite 8's channel padding and without, against FP32,
-    side by side at batch 1 and 64. Why `edgekd.precision` times the padding instead of always
+    side by side at batch 1 and 64. Why `edgekd.export.int8_fit` times the padding instead of always
     applying it."""
     calibration = np.stack([data.train[i][0].numpy() for i in range(256)])
     timing, rounds = TIMING[mode]

@@ -134,7 +134,7 @@ def record_stage(name: str, model: nn.Module, ctx: StageContext, *, precision: s
     path = ctx.run.path(INT8_ONNX if precision == "int8" else f"stages/{name}.onnx")
     _export(model, ctx, path, precision)
     if precision == "int8":  # quantizers where the target's runtime fuses them; FP32 where INT8 measures slower
-        from edgekd.precision import fit_int8_to_target
+        from edgekd.export.int8_fit import fit_int8_to_target
 
         checked: dict = {}
         fit = fit_int8_to_target(path, parent_onnx, ctx,
@@ -293,7 +293,7 @@ def _latencies(ctx: StageContext, records: list[dict], measure_here: bool) -> li
 
 def gate_subject(root: Path, final: dict) -> Path:
     """The file the CI gate times: the final student as an all-INT8 graph, like its reference. Where
-    layers were kept float by timing on this CPU (precision.fit_int8_to_target), that is the graph
+    layers were kept float by timing on this CPU (export.int8_fit.fit_int8_to_target), that is the graph
     before they were: the same file on every CPU, where the shipped one is not."""
     kept = (final.get("details") or {}).get("runtime_fit", {}).get("all_int8_onnx")
     return root / (kept or final["onnx"])
@@ -431,7 +431,7 @@ def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, da
                       if (run.root / f"checkpoints/{r['name']}.pt").is_file()})
     budget_latency, budget_note, tensorrt, shipped, budget_records = final["latency_ms"], final["latency_note"], None, None, records
     if artifacts["student_int8_onnx"]:  # INT8 or FP32: whichever runs faster on the target ships
-        from edgekd.precision import ship
+        from edgekd.verify.ship import ship
 
         shipped, shipped_record, ir_files = ship(run.root, target, fp32, final, options.measure_here)
         artifacts.update(ir_files)

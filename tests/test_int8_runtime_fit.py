@@ -18,7 +18,7 @@ from edgekd.export.ort_qdq import conv_counts, place_for_onnxruntime
 from edgekd.fold import fold_batchnorm
 from edgekd.models import create_model
 from edgekd.onnx_export import export_onnx
-from edgekd.precision import Shipped, choose_precision, shipped_warning
+from edgekd.verify.ship import Shipped, choose_precision, shipped_warning
 from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner, store_int8_weights
 from edgekd.stages.quantize import quantize_with_nncf, strip_to_qdq
 
@@ -97,7 +97,7 @@ def test_layers_stay_float_only_when_the_whole_file_gets_faster(student):
     all-INT8 file timed side by side, else the all-INT8 file is restored byte for byte."""
     import re
 
-    from edgekd.precision import _mix_if_faster
+    from edgekd.export.int8_fit import _mix_if_faster
 
     int8, _, images = student
     place_for_onnxruntime(int8, images)
@@ -276,7 +276,7 @@ def test_channel_padding_ships_only_where_the_whole_file_gets_faster(tmp_path):
     the file keeps whichever the rule picks, and the record says which with the figures."""
     import re
 
-    from edgekd.precision import PADDING_TIE, _mix_if_faster
+    from edgekd.export.int8_fit import PADDING_TIE, _mix_if_faster
 
     int8, _, images = _int8_and_fp32("edgekd_cnn_fc", tmp_path, width=0.75)
     place_for_onnxruntime(int8, images)

@@ -39,10 +39,10 @@ those convolutions in float, between a dequantize and a quantize: slower than th
      --transposes`), so the producing convolution gets zero filters up to the next multiple of 16 and
      its readers zero weights for them (group-1 convolutions only: a depthwise one's channels are its
      groups): the same function (the extra channels are exactly 0, as are their weights), another
-     layout. It does not always pay (8 -> 16 doubles the readers' inputs), so `edgekd.precision`
+     layout. It does not always pay (8 -> 16 doubles the readers' inputs), so `edgekd.export.int8_fit`
      keeps it only where the whole file measures faster.
 Layers named in `keep_float` go the other way: their weight is dequantized into a float initializer,
-so ONNX Runtime runs them in FP32 (mixed precision, chosen by measurement in `edgekd.precision`).
+so ONNX Runtime runs them in FP32 (mixed precision, chosen by measurement in `edgekd.export.int8_fit`).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def place_for_onnxruntime(path: Path, calibration: np.ndarray, keep_float: Itera
                           batch: int = 32, pad_channels: bool = True) -> Placement:
     """Rewrite the QDQ graph at `path` in place (see the module docstring); `calibration` is a float32
     array of input images, `keep_float` the names of Conv/Gemm/MatMul nodes to run in FP32;
-    `pad_channels=False` skips rewrite 8 (`edgekd.precision` times the file both ways)."""
+    `pad_channels=False` skips rewrite 8 (`edgekd.export.int8_fit` times the file both ways)."""
     import onnx
 
     path = Path(path)

@@ -92,3 +92,23 @@ def time_alternating(calls: dict[str, Callable[[], object]], *, label: str = "ti
             advance()
     return samples
 
+
+# a decision between two files (INT8 or FP32, a layer float or not): short rounds, rotated, pooled
+DECISION_TIMING = {"warmup": 5, "min_runs": 30, "max_runs": 200, "max_seconds": 2.0}
+DECISION_ROUNDS = 3
+
+
+def measure_runners_side_by_side(runners: dict, batch: int, timing: dict = DECISION_TIMING,
+                                 rounds: int = DECISION_ROUNDS) -> dict[str, Latency]:
+    """Any runners (`example_input`, `run`, `description`), timed in rotated rounds, samples pooled:
+    `edgekd.runtimes.onnxruntime.measure_side_by_side` for runners of different runtimes."""
+    names = list(runners)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            runner = runners[name]
+            images = runner.example_input(batch)
+            samples[name] += time_calls(lambda: runner.run(images), label=f"{name} (batch {batch}, round {r + 1})",
+                                        **timing)
+    return {n: Latency(*percentiles(samples[n]), "measured", runners[n].description, batch, len(samples[n]))
+            for n in names}
