@@ -132,3 +132,20 @@ def test_a_backend_profiles_layers_with_its_own_profiler(runtime, student_onnx):
     assert rows and all(r["ms"] >= 0 for r in rows)
     assert [r["ms"] for r in rows] == sorted((r["ms"] for r in rows), reverse=True)
     assert any(r["op"] in ("Conv", "Convolution", "FusedConv") for r in rows)
+
+
+def test_two_files_are_timed_side_by_side_in_rotated_rounds(student_onnx, tmp_path):
+    """One interleaved loop for every side-by-side timing (which file ships, which layers stay
+    float, the benchmarks): each file at each batch gets its own Latency, pooled over the rounds."""
+    from edgekd.measure.latency import measure_runners_side_by_side
+    from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner, measure_side_by_side
+
+    timing = {"warmup": 1, "min_runs": 5, "max_runs": 5, "max_seconds": 5.0}
+    both = measure_side_by_side({"a": student_onnx, "b": student_onnx}, 1, (1, 4), timing, rounds=2)
+    assert set(both) == {"a", "b"} and all(set(by_batch) == {1, 4} for by_batch in both.values())
+    for name, by_batch in both.items():
+        for batch, latency in by_batch.items():
+            assert (latency.batch, latency.runs, latency.source) == (batch, 10, "measured")  # 2 rounds x 5
+            assert latency.p50 > 0 and latency.runtime.startswith("onnxruntime")
+    one = measure_runners_side_by_side({"a": OnnxRuntimeRunner(student_onnx, 1)}, 2, timing, rounds=3)
+    assert one["a"].batch == 2 and one["a"].runs == 15

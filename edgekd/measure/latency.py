@@ -98,17 +98,26 @@ DECISION_TIMING = {"warmup": 5, "min_runs": 30, "max_runs": 200, "max_seconds": 
 DECISION_ROUNDS = 3
 
 
+def time_side_by_side(runners: dict, batches: tuple[int, ...], timing: dict = DECISION_TIMING,
+                      rounds: int = DECISION_ROUNDS) -> dict[str, dict[int, Latency]]:
+    """Any runners (`example_input`, `run`, `description`; of one runtime or several), interleaved:
+    every round times each in turn, starting one later each round, and the samples of all rounds are
+    pooled, so a noisy spell on the host lands on all of them rather than one."""
+    names = list(runners)
+    samples: dict[tuple[str, int], list[float]] = {(n, b): [] for n in names for b in batches}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for batch in batches:
+            for name in order:
+                runner = runners[name]
+                images = runner.example_input(batch)
+                samples[name, batch] += time_calls(lambda: runner.run(images),
+                                                   label=f"{name} (batch {batch}, round {r + 1}/{rounds})", **timing)
+    return {n: {b: Latency(*percentiles(samples[n, b]), "measured", runners[n].description, b, len(samples[n, b]))
+                for b in batches} for n in names}
+
+
 def measure_runners_side_by_side(runners: dict, batch: int, timing: dict = DECISION_TIMING,
                                  rounds: int = DECISION_ROUNDS) -> dict[str, Latency]:
-    """Any runners (`example_input`, `run`, `description`), timed in rotated rounds, samples pooled:
-    `edgekd.runtimes.onnxruntime.measure_side_by_side` for runners of different runtimes."""
-    names = list(runners)
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            runner = runners[name]
-            images = runner.example_input(batch)
-            samples[name] += time_calls(lambda: runner.run(images), label=f"{name} (batch {batch}, round {r + 1})",
-                                        **timing)
-    return {n: Latency(*percentiles(samples[n]), "measured", runners[n].description, batch, len(samples[n]))
-            for n in names}
+    """`time_side_by_side` at one batch: {name: Latency}."""
+    return {name: by_batch[batch] for name, by_batch in time_side_by_side(runners, (batch,), timing, rounds).items()}

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgekd.errors import BadInputError
-from edgekd.measure.latency import Latency, percentiles, time_calls
+from edgekd.measure.latency import Latency, time_side_by_side
 from edgekd.runtimes.base import Runner
 
 if TYPE_CHECKING:
@@ -108,22 +108,9 @@ class OnnxRuntimeRunner(Runner):
 
 def measure_side_by_side(paths: dict[str, Path], threads: int, batches: tuple[int, ...], timing: dict,
                          rounds: int) -> dict[str, dict[int, Latency]]:
-    """Runner.measure's loop (example_input, run, time_calls, percentiles), interleaved:
-    every round times each model in turn, starting one model later each round, and the samples of
-    all rounds are pooled, so a noisy spell on the host lands on all models rather than one."""
-    runners = {name: OnnxRuntimeRunner(path, threads) for name, path in paths.items()}
-    names = list(runners)
-    samples: dict[tuple[str, int], list[float]] = {(n, b): [] for n in names for b in batches}
-    for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for batch in batches:
-            for name in order:
-                runner = runners[name]
-                images = runner.example_input(batch)
-                samples[name, batch] += time_calls(lambda: runner.run(images),
-                                                   label=f"{name} (batch {batch}, round {r + 1}/{rounds})", **timing)
-    return {n: {b: Latency(*percentiles(samples[n, b]), "measured", runners[n].description, b, len(samples[n, b]))
-                for b in batches} for n in names}
+    """ONNX files timed in ONNX Runtime side by side (`edgekd.measure.latency.time_side_by_side`)."""
+    return time_side_by_side({name: OnnxRuntimeRunner(path, threads) for name, path in paths.items()}, batches,
+                             timing, rounds)
 
 
 def node_samples(path: Path, threads: int, batch: int, runs: int = 30, warmup: int = 5) -> dict[str, tuple[str, list[float]]]:
