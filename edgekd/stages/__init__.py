@@ -50,7 +50,6 @@ class StageOutput:
     model: nn.Module
     details: dict = field(default_factory=dict)  # stage-specific facts for the report
     precision: str = "fp32"  # "fp32", or "int8" for a model of native quantize/dequantize ops
-    artifacts: dict[str, Path] = field(default_factory=dict)  # extra files this stage wrote
 
 
 class Stage(Protocol):
