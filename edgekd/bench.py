@@ -195,7 +195,7 @@ def _openvino_ir_latency(path: Path, target: Target, batch: int, measure_here: b
     """An OpenVINO IR: measured with OpenVINO on the target's device (or anywhere with `measure_here`,
     labelled), estimated from the .onnx beside it elsewhere, or refused."""
     from edgekd.measure.target_latency import off_target_label, on_target_device
-    from edgekd.runtimes import backend
+    from edgekd.runtimes import backend, timing_threads
     from edgekd.runtimes.openvino import OpenVinoRunner, openvino_available
 
     if not backend(target).reads_ir:
@@ -208,7 +208,7 @@ def _openvino_ir_latency(path: Path, target: Target, batch: int, measure_here: b
     available, why = openvino_available()
     if not available:
         raise EnvironmentProblem(f"{path}: cannot run an OpenVINO IR here: {why}")
-    latency = OpenVinoRunner(path, target.threads).measure(batch)
+    latency = OpenVinoRunner(path, timing_threads(target)).measure(batch)
     return latency, estimate, "" if on_device else off_target_label(target)
 
 

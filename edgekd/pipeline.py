@@ -28,7 +28,7 @@ from edgekd.models import create_model, require_architecture
 from edgekd.onnx_export import check_parity, export_onnx
 from edgekd.progress import info
 from edgekd.runfolder import FP32_ONNX, INT8_ONNX, atomic_write_bytes, atomic_write_json, claim_on_rank0
-from edgekd.runtimes import backend
+from edgekd.runtimes import backend, timing_threads
 from edgekd.stages import StageContext
 from edgekd.stages.distill import DistillStage
 from edgekd.stages.prune import PruneStage
@@ -316,7 +316,7 @@ def _layers(ctx: StageContext, final: dict, onnx_path: Path) -> list[dict]:
 
     if final["latency_ms"]["source"] == "measured":  # on the device, or labelled with --measure-here
         # the target runtime's own profiler (OpenVINO's layers, not ONNX Runtime's nodes)
-        rows = backend(ctx.target).profile_layers(onnx_path, ctx.target.threads, ctx.target.input.batch)
+        rows = backend(ctx.target).profile_layers(onnx_path, timing_threads(ctx.target), ctx.target.input.batch)
         if rows is not None:
             return [{**r, "source": "measured"} for r in rows]
     rows = estimate_layers(onnx_path, ctx.target, ctx.target.input.batch)

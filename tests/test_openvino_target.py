@@ -26,12 +26,18 @@ def test_an_openvino_target_is_measured_in_openvino_and_ships_ir(smoke_run, cach
     report = json.loads((run / "report.json").read_text())
     assert done.returncode == exit_code(report["budget"]), done.stderr[-2000:]
     assert all(s.get("resumed") for s in report["stages"])  # the models are the host run's
+    from edgekd.runtimes import usable_cpus
+
+    threads = min(4, usable_cpus())  # the target's 4, never more than this machine has
     for stage in report["stages"]:
         assert stage["latency_ms"]["runtime"].startswith("openvino-cpu"), stage["latency_ms"]
+        assert f"({threads} threads" in stage["latency_ms"]["runtime"], stage["latency_ms"]
         assert stage["latency_ms"]["source"] == "measured"
     budget = report["budget"]
     assert budget["source"] == "measured" and not budget["on_target"]  # this machine is no N100
     assert "not on Intel Processor N100" in budget["verdict"]
+    if threads < 4:
+        assert f"with {threads} threads (the target's 4 exceed this machine's CPUs)" in budget["verdict"]
     assert budget["latency_state"] == "MET"  # ~0.1 ms against 3 ms, on any CPU that runs the suite
     assert "openvino-cpu" in report["shipped"]["reason"]
 

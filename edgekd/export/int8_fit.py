@@ -17,7 +17,7 @@ import numpy as np
 from edgekd.config import Target
 from edgekd.measure.latency import DECISION_ROUNDS, measure_runners_side_by_side
 from edgekd.runfolder import atomic_write_bytes
-from edgekd.runtimes import backend
+from edgekd.runtimes import backend, timing_threads
 
 LAYER_MARGIN = 1.10  # a layer stays float only when INT8 measures >10% slower: profiler noise is ~5%
 LAYER_MIN_MS = 0.002  # ... and by more than 2 us: below that a tiny layer's "10%" is the profiler's noise
@@ -94,7 +94,7 @@ def fit_int8_to_target(int8_path: Path, fp32_path: Path | None, ctx, check=lambd
     details = {"placement": placement.as_dict(), "layers_kept_float": [], "layer_timings": []}
     can_measure, why = measurable_here(target)
     if can_measure and fp32_path is not None:
-        timings = layer_timings(fp32_path, int8_path, target.threads, target.input.batch)
+        timings = layer_timings(fp32_path, int8_path, timing_threads(target), target.input.batch)
         keep = slower_in_int8(timings)
         details["layer_timings"] = [t.as_dict() for t in timings]
         if keep:
@@ -108,7 +108,7 @@ def fit_int8_to_target(int8_path: Path, fp32_path: Path | None, ctx, check=lambd
         details["layers_kept_float"] = keep
     else:
         details["mixed_precision"] = f"not chosen: layers cannot be timed here ({why or 'no FP32 file'})"
-    details["onnxruntime_convs"] = conv_counts(int8_path, target.threads)
+    details["onnxruntime_convs"] = conv_counts(int8_path, timing_threads(target))
     return details
 
 
@@ -133,7 +133,7 @@ def _mix_if_faster(int8_path: Path, calibration: np.ndarray, keep: list[str],
                 atomic_write_bytes(Path(int8_path), unpadded.read_bytes())
                 facts["channels_padded"] = []
         runtime = backend(target)
-        runners = {"mixed": runtime.runner(Path(int8_path), target.threads), "int8": runtime.runner(all_int8, target.threads)}
+        runners = {"mixed": runtime.runner(Path(int8_path), timing_threads(target)), "int8": runtime.runner(all_int8, timing_threads(target))}
         latency = measure_runners_side_by_side(runners, target.input.batch)
         mixed_ms, int8_ms = latency["mixed"].p50, latency["int8"].p50
         figures = (f"{len(keep)} layer(s) float: {mixed_ms:.3f} ms vs all-INT8 {int8_ms:.3f} ms "
@@ -156,7 +156,7 @@ def _padding_pays(padded: Path, unpadded: Path, target: Target) -> tuple[bool, s
     12 -> 16 channels up to 1.57x faster at batch 64 and even at batch 1; 8 -> 16 and 20 -> 32
     slower at both in one run of two."""
     runtime = backend(target)
-    runners = {"padded": runtime.runner(padded, target.threads), "unpadded": runtime.runner(unpadded, target.threads)}
+    runners = {"padded": runtime.runner(padded, timing_threads(target)), "unpadded": runtime.runner(unpadded, timing_threads(target))}
     latency = {batch: measure_runners_side_by_side(runners, batch, PADDING_TIMING, DECISION_ROUNDS)
                for batch in sorted({target.input.batch, PADDING_BATCH})}
     at_target, at_large = latency[target.input.batch], latency[PADDING_BATCH]

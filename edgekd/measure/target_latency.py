@@ -15,12 +15,15 @@ from edgekd.config import Target
 from edgekd.measure.device import matches, this_machine
 from edgekd.measure.estimate import estimate_latency
 from edgekd.measure.latency import Latency
-from edgekd.runtimes import backend
+from edgekd.runtimes import backend, timing_threads
 
 
 def off_target_label(target: Target) -> str:
-    """What a latency timed here under `--measure-here` is: never the target device's latency."""
-    return f"measured on {this_machine().label}, not on {target.device.label}"
+    """What a latency timed here under `--measure-here` is: never the target device's latency
+    (and with fewer threads than the target's, where this machine has fewer CPUs)."""
+    threads = timing_threads(target)
+    fewer = f", with {threads} threads (the target's {target.threads} exceed this machine's CPUs)" if threads < target.threads else ""
+    return f"measured on {this_machine().label}, not on {target.device.label}{fewer}"
 
 
 def on_target_device(target: Target) -> tuple[bool, str]:
@@ -60,7 +63,7 @@ def target_latency(onnx_path: Path, target: Target, batch: int | None = None, la
     runtime = backend(target)
     model = engine if runtime.needs_engine else onnx_path
     if can_measure and model is not None:
-        measured = runtime.runner(model, target.threads).measure(batch, label=label)
+        measured = runtime.runner(model, timing_threads(target)).measure(batch, label=label)
         return TargetLatency(measured, estimate, note, on_device)
     if can_measure:
         why = "no TensorRT engine was built for this model"

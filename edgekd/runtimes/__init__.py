@@ -10,6 +10,7 @@ and only when a backend method needs them.
 from __future__ import annotations
 
 import abc
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,18 @@ from edgekd.config import Runtime
 if TYPE_CHECKING:
     from edgekd.config import Target
     from edgekd.runtimes.base import Runner
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which a container or `taskset` narrows)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def timing_threads(target: Target) -> int:
+    """The threads a model is timed with here: the target's, but never more than this machine's
+    CPUs (a 4-thread phone target timed under --measure-here on 2 cores would time the scheduler
+    switching threads, not the model). The runner's description states the count it ran with."""
+    return max(1, min(target.threads, usable_cpus()))
 
 
 class Backend(abc.ABC):

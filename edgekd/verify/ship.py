@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edgekd.config import Precision, Target
 from edgekd.measure.latency import measure_runners_side_by_side
-from edgekd.runtimes import backend
+from edgekd.runtimes import backend, timing_threads
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def _compare(fp32: Path, int8: Path, target: Target, batch: int, measure_here: b
     can_measure, why = measurable_here(target, measure_here)
     runtime = backend(target)
     if can_measure and not runtime.needs_engine:
-        runners = {"fp32": runtime.runner(fp32, target.threads), "int8": runtime.runner(int8, target.threads)}
+        runners = {"fp32": runtime.runner(fp32, timing_threads(target)), "int8": runtime.runner(int8, timing_threads(target))}
         latency = measure_runners_side_by_side(runners, batch)
         where = "" if on_target_device(target)[0] else f"; {off_target_label(target)}"
         return latency["int8"].p50, latency["fp32"].p50, "measured", latency["int8"].runtime + where
