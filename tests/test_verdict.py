@@ -102,7 +102,12 @@ def test_measure_here_is_labelled_as_not_the_target_device(small_onnx):
     assert plain.latency.source == "estimated" and "not the target's device" in plain.note
     forced = target_latency(small_onnx, mobile, measure_here=True, **FAST)
     assert forced.latency.source == "measured" and not forced.on_target
-    assert forced.note == f"measured on {this_machine().label}, not on Arm Cortex-A78 class phone CPU"
+    from edgekd.runtimes import usable_cpus
+
+    threads = min(mobile.threads, usable_cpus())  # never more threads than this machine has CPUs
+    fewer = f", with {threads} threads (the target's 4 exceed this machine's CPUs)" if threads < 4 else ""
+    assert forced.note == f"measured on {this_machine().label}, not on Arm Cortex-A78 class phone CPU{fewer}"
+    assert f"({threads} threads" in forced.latency.runtime
     verdict = budget_verdict(mobile, forced.latency.as_dict(), small_onnx.stat().st_size, forced.note)
     assert verdict["verdict"].endswith(f"; {forced.note}") and verdict["on_target"] is False
 
