@@ -1,14 +1,41 @@
-"""Stage 1: distillation. A fresh student learns from the frozen teacher's softened outputs."""
+"""Stage 1: distillation. A fresh student learns from the frozen teacher's softened outputs.
+
+Guarded like QAT: an attempt whose loss is not finite, or whose last epoch ends at more than
+DIVERGED_RATIO times its best epoch's loss (it blew up and did not come back), is thrown away and
+the fresh student is trained again at RETRY_LR_FACTOR of the learning rate, up to MAX_ATTEMPTS
+times. On a 2,000-image train/val/test tree the default recipe's distillation went from a loss of
+7.4 to 158 and stayed near 22: a dead student at 15.5% (docs/benchmarks.md). The record keeps
+every attempt."""
 
 from __future__ import annotations
+
+import copy
 
 from torch import nn
 
 from edgekd.config import Profile, Target
 from edgekd.data import augmentations
+from edgekd.errors import TrainingDiverged
 from edgekd.losses import DistillationObjective
+from edgekd.progress import info
 from edgekd.stages import StageContext, StageOutput
 from edgekd.train import TrainPlan, fit
+
+DIVERGED_RATIO = 2.0
+RETRY_LR_FACTOR = 0.25
+MAX_ATTEMPTS = 3
+MIN_EPOCHS_TO_JUDGE = 4  # a run of fewer epochs has no best epoch to fall back from
+
+
+def diverged(epoch_losses: list[float]) -> str | None:
+    """Why a finished run's loss curve says it diverged, or None: its last epoch ended far above its best."""
+    if len(epoch_losses) < MIN_EPOCHS_TO_JUDGE:
+        return None
+    best = min(epoch_losses)
+    if best > 0 and epoch_losses[-1] > DIVERGED_RATIO * best:
+        epoch = epoch_losses.index(best) + 1
+        return f"its last epoch's loss {epoch_losses[-1]:.4g} is over {DIVERGED_RATIO:g}x its best ({best:.4g}, epoch {epoch})"
+    return None
 
 
 class DistillStage:
@@ -24,15 +51,37 @@ class DistillStage:
     def run(self, model: nn.Module, ctx: StageContext) -> StageOutput:
         cfg = ctx.profile.distill
         objective = DistillationObjective(ctx.teacher, cfg, ctx.teacher_logits).with_input_shape(ctx.data.input_shape)
-        plan = TrainPlan(
-            epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=ctx.profile.data.batch_size,
-            seed=ctx.profile.seed, workers=ctx.profile.data.workers, fast_math=ctx.profile.mixed_precision,
-            augment=augmentations(ctx.profile.data, ctx.data), min_steps=cfg.min_steps, compile=cfg.compile,
-        )
-        log = fit(model, objective, ctx.data.train, plan, label="distill",
-                  checkpoint=ctx.progress(self.name), fingerprint=ctx.fingerprint)
+        fresh = copy.deepcopy(model.state_dict())
+        attempts: list[dict] = []
+        lr = cfg.lr
+        for attempt in range(MAX_ATTEMPTS):
+            plan = TrainPlan(
+                epochs=cfg.epochs, lr=lr, weight_decay=cfg.weight_decay, batch_size=ctx.profile.data.batch_size,
+                seed=ctx.profile.seed, workers=ctx.profile.data.workers, fast_math=ctx.profile.mixed_precision,
+                augment=augmentations(ctx.profile.data, ctx.data), min_steps=cfg.min_steps, compile=cfg.compile,
+            )
+            # each attempt its own progress file, so a killed retry resumes as a retry
+            progress = ctx.progress(self.name if attempt == 0 else f"{self.name}-retry{attempt}")
+            try:
+                log = fit(model, objective, ctx.data.train, plan, label="distill" if attempt == 0 else "distill retry",
+                          checkpoint=progress, fingerprint=ctx.fingerprint)
+                problem = diverged(log.epoch_losses)
+            except TrainingDiverged as error:
+                if attempt == MAX_ATTEMPTS - 1:
+                    raise
+                log, problem = None, str(error)
+            attempts.append({"lr": lr, "epoch_losses": log.epoch_losses if log else [], "diverged": problem})
+            if problem is None or attempt == MAX_ATTEMPTS - 1:
+                break
+            info(f"[yellow]distill at lr {lr:g} diverged: {problem}; training the fresh student again at "
+                 f"lr {lr * RETRY_LR_FACTOR:g}")
+            model.load_state_dict(fresh)
+            lr *= RETRY_LR_FACTOR
         details = {"epoch_losses": log.epoch_losses, "resumed_from_epoch": log.resumed_from_epoch,
-                   "teacher": log.teacher}
+                   "teacher": log.teacher, "lr": lr}
+        if len(attempts) > 1:
+            details["divergence_guard"] = {"attempts": attempts, "kept_lr": lr,
+                                           "still_diverged": attempts[-1]["diverged"]}
         if log.teacher == "table":
             details["teacher_table_seconds"] = round(ctx.teacher_logits.seconds, 2)
         return StageOutput(model, details)
