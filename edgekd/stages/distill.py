@@ -67,8 +67,11 @@ class DistillStage:
                           checkpoint=progress, fingerprint=ctx.fingerprint)
                 problem = diverged(log.epoch_losses)
             except TrainingDiverged as error:
-                if attempt == MAX_ATTEMPTS - 1:
-                    raise
+                if attempt == MAX_ATTEMPTS - 1:  # every attempt: the first one's words, and the retries'
+                    first = next((a["diverged"] for a in attempts if a["diverged"]), str(error))
+                    retried = " and ".join(f"{a['lr']:g}" for a in attempts[1:]) + f"{' and ' if attempts[1:] else ''}{lr:g}"
+                    raise TrainingDiverged(f"{first}; retried from the fresh student at lr {retried}: it diverged "
+                                           f"again") from error
                 log, problem = None, str(error)
             attempts.append({"lr": lr, "epoch_losses": log.epoch_losses if log else [], "diverged": problem})
             if problem is None or attempt == MAX_ATTEMPTS - 1:
