@@ -69,7 +69,7 @@ class DistillStage:
             except TrainingDiverged as error:
                 if attempt == MAX_ATTEMPTS - 1:  # every attempt: the first one's words, and the retries'
                     first = next((a["diverged"] for a in attempts if a["diverged"]), str(error))
-                    retried = " and ".join(f"{a['lr']:g}" for a in attempts[1:]) + f"{' and ' if attempts[1:] else ''}{lr:g}"
+                    retried = " and ".join(f"{x:g}" for x in [a["lr"] for a in attempts[1:]] + [lr])
                     raise TrainingDiverged(f"{first}; retried from the fresh student at lr {retried}: it diverged "
                                            f"again") from error
                 log, problem = None, str(error)
