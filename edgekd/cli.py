@@ -60,6 +60,7 @@ def compress(
     trust_torchscript: Annotated[bool, typer.Option("--trust-torchscript", help="Load a TorchScript --teacher: it is code and runs when loaded, so only from a source you trust (never saved for --resume).")] = False,
     student: Annotated[Optional[str], typer.Option(help="Student architecture: edgekd_cnn_fc, edgekd_cnn, edgekd_mobilenet_v3_small, edgekd_resnet18, edgekd_resnet, edgekd_resnet_fc, or any torchvision or timm classifier by name (resnet18, timm:mobilenetv3_small_100). [default: the profile's]")] = None,
     width: Annotated[Optional[float], typer.Option(help="Student width multiplier. [default: the profile's]", min=0.05, max=16)] = None,
+    student_weights: Annotated[Optional[str], typer.Option(help="Pretrained weights for a zoo --student (a state dict file; a classifier for other classes gets a new head). [default: the profile's, else none]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed; the same command and seed give the same model. [default: the profile's]", min=0, max=2**32 - 1)] = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="Run folder: a new or empty one (an existing run's needs --resume or --overwrite). [default: runs/<timestamp>-<target>, made unique]")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Resume this run folder: completed stages are skipped (if their inputs and config are unchanged), an interrupted stage restarts from its last epoch.")] = None,
@@ -78,7 +79,7 @@ def compress(
     given = {
         "target": target, "profile": profile, "data": data, "image_size": image_size, "teacher": teacher,
         "teacher_arch": teacher_arch, "teacher_weights": teacher_weights, "student": student, "width": width,
-        "seed": seed, "device": device,
+        "student_weights": student_weights, "seed": seed, "device": device,
     }
     if resume is not None:
         if run_dir is not None and run_dir != resume:
@@ -93,6 +94,7 @@ def compress(
         image_size=given["image_size"] or 32,
         teacher=TeacherSource(given["teacher"], given["teacher_arch"], given["teacher_weights"], trust_torchscript),
         student=given["student"],
+        student_weights=given["student_weights"],
         width=given["width"],
         seed=given["seed"],
         run_dir=run_dir,

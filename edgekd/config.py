@@ -221,7 +221,7 @@ class Target(Strict):
 # ---------------------------------------------------------------- profiles
 
 
-Augmentation = Literal["hflip", "shift"]
+Augmentation = Literal["hflip", "shift", "crop", "jitter"]
 
 
 class DataConfig(Strict):
@@ -237,9 +237,32 @@ class DataConfig(Strict):
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     # training-time augmentation for the teacher and distillation: "hflip" (mirror left-right),
     # "shift" (random translation by up to 1/8 of the side, edges replicated). Unset: the built-in
-    # Fashion-MNIST gets ["hflip"]; a user's images get ["shift"], safe for digits, text and signs
+    # Fashion-MNIST gets ["hflip"]; a user's images get ["shift"], safe for digits, text and signs.
+    # For photos and pictures: "crop" (a random crop of 35-100% of the area, aspect 3:4 to 4:3,
+    # resized back: the random-resized crop) and "jitter" (brightness, contrast and saturation +-20%)
     augment: list[Augmentation] | None = None
     workers: Annotated[int, Field(ge=0, le=64)] = 0
+    # how a user's images become the network's input (ImageFolder data; the built-in Fashion-MNIST
+    # keeps its own statistics): scaled to 0..1, then (x - mean) / std, one value for every channel
+    # or one per channel. Unset: a timm teacher's own (its pretrained_cfg), else 0.5 and 0.5.
+    # A teacher trained elsewhere needs the preprocessing it was trained with.
+    mean: list[float] | None = None
+    std: list[Positive] | None = None
+    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None  # unset: bilinear, or timm's
+    # "squash": resize to the square size; "crop": shorter side to size / crop_fraction, then the
+    # centre square (timm's and torchvision's evaluation transform)
+    resize: Literal["squash", "crop"] = "squash"
+    crop_fraction: Annotated[float, Field(gt=0, le=1)] | None = None  # unset: 0.875, or timm's
+
+    @model_validator(mode="after")
+    def _same_length(self) -> "DataConfig":
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
+            raise ValueError(f"data.mean has {len(self.mean)} values and data.std {len(self.std)}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and len(values) not in (1, 3):
+                raise ValueError(f"data.{name}: one value, or one per channel (3 for RGB)")
+        return self
 
 
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -257,9 +280,31 @@ class TeacherConfig(Strict):
     compile: bool = False
 
 
+class TransferConfig(Strict):
+    """Fine-tuning a pretrained teacher that does not know the user's classes (a new head):
+    head first, as a linear probe on its frozen features, then the whole network."""
+
+    # the probe: full-batch AdamW on features computed once; each weight decay is tried and the
+    # one best on validation kept
+    head_steps: PositiveInt = 300
+    head_lr: Positive = 0.01
+    head_weight_decays: list[Annotated[float, Field(ge=0)]] = [1e-3, 1e-2, 0.1, 1.0]
+    # then the whole network, from the probe's head, with the data's augmentations; validation
+    # keeps the fine-tuned network only where it beats the probe (0 epochs: the probe alone)
+    epochs: Annotated[int, Field(ge=0)] = 3
+    lr: Positive = 0.01
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-5
+    min_steps: Annotated[int, Field(ge=0)] = 0
+    # BatchNorm keeps the pretrained statistics while the rest trains (edgekd.train.TrainPlan)
+    frozen_norm: bool = True
+
+
 class StudentConfig(Strict):
     arch: str = "edgekd_cnn_fc"
     width: Annotated[float, Field(gt=0, le=16)] = 1.0
+    # pretrained weights for a zoo student (a file; nothing is downloaded). A classifier for other
+    # classes gets a new head, as for the teacher (edgekd.models.weights)
+    weights: str | None = None
 
 
 class HintConfig(Strict):
@@ -393,6 +438,7 @@ class Profile(Strict):
     mixed_precision: bool = True
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
+    transfer: TransferConfig = TransferConfig()
     student: StudentConfig = StudentConfig()
     distill: DistillConfig = DistillConfig()
     prune: PruneConfig = PruneConfig()

@@ -51,6 +51,7 @@ class DataBundle:
     val: Dataset | None = None
     splits: dict[str, str] = field(default_factory=dict)  # where each split came from, for the report
     default_augment: tuple[str, ...] = ("shift",)  # used when the profile sets no `data.augment`
+    preprocess: dict = field(default_factory=dict)  # ImageFolder data: Preprocess.as_dict(), for the report
 
     @property
     def num_classes(self) -> int:
@@ -169,48 +170,99 @@ def load_fashion_mnist(root: Path = FASHION_MNIST_DIR) -> DataBundle:
     )
 
 
-DECODED_CACHE_BYTES = 1 << 30  # keep decoded images in memory when a split's tensors fit in this
+DECODED_CACHE_BYTES = 1 << 30  # keep decoded images in memory while a split's cached pixels fit in this
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a user's image becomes the network's input: resized (squashed to the square, or the
+    shorter side to size / crop_fraction and the centre square), scaled to 0..1, then (x - mean) / std."""
+
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    interpolation: str = "bilinear"
+    resize: str = "squash"
+    crop_fraction: float = 0.875
+    source: str = "edgekd's default"
+
+    def per_channel(self, channels: int) -> tuple[list[float], list[float]]:
+        if len(self.mean) not in (1, channels) or len(self.std) not in (1, channels):
+            raise BadInputError(f"data.mean / data.std give {len(self.mean)} / {len(self.std)} values; "
+                                f"the images have {channels} channel(s)")
+        return ([self.mean[0]] * channels if len(self.mean) == 1 else list(self.mean),
+                [self.std[0]] * channels if len(self.std) == 1 else list(self.std))
+
+    def as_dict(self) -> dict:
+        return {"mean": list(self.mean), "std": list(self.std), "interpolation": self.interpolation,
+                "resize": self.resize, **({"crop_fraction": self.crop_fraction} if self.resize == "crop" else {}),
+                "source": self.source}
+
+
+def preprocessing(config: DataConfig, model_defaults: dict | None = None) -> Preprocess:
+    """The profile's preprocessing; what it leaves unset comes from the teacher's library
+    (`model_defaults`, e.g. timm's pretrained_cfg), else edgekd's default."""
+    defaults = model_defaults or {}
+    given = {k for k in ("mean", "std", "interpolation", "crop_fraction") if getattr(config, k) is not None}
+    source = "the profile" if given else defaults.get("source", "edgekd's default")
+    if given and defaults and given != {"mean", "std", "interpolation", "crop_fraction"}:
+        source = f"the profile and {defaults['source']}"
+    return Preprocess(
+        mean=tuple(config.mean if config.mean is not None else defaults.get("mean", (0.5,))),
+        std=tuple(config.std if config.std is not None else defaults.get("std", (0.5,))),
+        interpolation=config.interpolation or defaults.get("interpolation", "bilinear"),
+        resize=config.resize,
+        crop_fraction=config.crop_fraction or defaults.get("crop_fraction", 0.875),
+        source=source,
+    )
 
 
 class _ImageFiles(Dataset):
-    """A list of (path, label) read with Pillow, resized to one square size. Each image is decoded
-    once and kept (as the float tensor training reads) when the whole split fits in
-    DECODED_CACHE_BYTES: decoding a small PNG cost ~0.27 ms, as much as a student's training step
-    spends on it, and every epoch and every evaluation would pay it again."""
+    """A list of (path, label) read with Pillow and resized to one square size. Each image is
+    decoded once and its resized pixels kept (8-bit images as uint8, a quarter of the float they
+    become) while the split's cache stays under DECODED_CACHE_BYTES: decoding a small PNG cost
+    ~0.27 ms, as much as a student's training step spends on it, and a 224-px photo far more.
+    Transparent pixels are composited onto white, as a viewer shows clip art and icons."""
 
-    def __init__(self, samples: list[tuple[Path, int]], image_size: int, channels: int):
-        from torchvision.transforms import v2
+    def __init__(self, samples: list[tuple[Path, int]], image_size: int, channels: int,
+                 preprocess: Preprocess = Preprocess()):
+        from torchvision.transforms import InterpolationMode, v2
 
         self.samples = samples
         self.channels = channels
-        fits = len(samples) * channels * image_size * image_size * 4 <= DECODED_CACHE_BYTES
-        self.decoded: dict[int, torch.Tensor] | None = {} if fits else None
+        self.preprocess = preprocess
+        self.decoded: dict[int, torch.Tensor] = {}
+        self.cached_bytes = 0
         self.to_tensor = v2.PILToTensor()
-        self.transform = v2.Compose(
-            [
-                v2.Resize((image_size, image_size), antialias=True),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize([0.5] * channels, [0.5] * channels),
-            ]
-        )
+        mode = InterpolationMode(preprocess.interpolation)
+        if preprocess.resize == "crop":
+            resize = [v2.Resize(int(image_size / preprocess.crop_fraction), interpolation=mode, antialias=True),
+                      v2.CenterCrop(image_size)]
+        else:
+            resize = [v2.Resize((image_size, image_size), interpolation=mode, antialias=True)]
+        self.resize = v2.Compose(resize)
+        mean, std = preprocess.per_channel(channels)
+        self.normalise = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        if self.decoded is None:
-            return self._read(path), label
-        if index not in self.decoded:
-            self.decoded[index] = self._read(path)
-        return self.decoded[index], label
+        pixels = self.decoded.get(index)
+        if pixels is None:
+            pixels = self._read(path)
+            size = pixels.numel() * pixels.element_size()
+            if self.cached_bytes + size <= DECODED_CACHE_BYTES:
+                self.decoded[index] = pixels
+                self.cached_bytes += size
+        return self.normalise(pixels), label
 
     def _read(self, path: Path) -> torch.Tensor:
         from PIL import Image
 
         try:
             with Image.open(path) as image:
-                return self.transform(self._tensor(image))
+                return self.resize(self._tensor(image))
         except (OSError, ValueError, SyntaxError) as err:  # Pillow's errors for a broken file
             raise BadInputError(f"unreadable image {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
 
@@ -220,6 +272,11 @@ class _ImageFiles(Dataset):
         if image.mode in GREY_WHITE:
             grey = torch.from_numpy(_grey_values(image, self.path_of(image)) / GREY_WHITE[image.mode])
             return grey.unsqueeze(0).expand(self.channels, -1, -1).contiguous()
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            from PIL import Image
+
+            rgba = image.convert("RGBA")
+            image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
         return self.to_tensor(image.convert("L" if self.channels == 1 else "RGB"))
 
     @staticmethod
@@ -330,7 +387,8 @@ def _held_out_folder(root: Path, names: tuple[str, ...]) -> Path | None:
     return found[0] if found else None
 
 
-def load_image_folder(root: Path, config: DataConfig, image_size: int, seed: int) -> DataBundle:
+def load_image_folder(root: Path, config: DataConfig, image_size: int, seed: int,
+                      preprocess: Preprocess = Preprocess()) -> DataBundle:
     """An ImageFolder tree, in one of three layouts:
 
     - `train/`, `test/` and a validation folder (`val/`, `valid/` or `validation/`): used as named;
@@ -371,14 +429,20 @@ def load_image_folder(root: Path, config: DataConfig, image_size: int, seed: int
     if not test_samples:
         raise BadInputError(f"{root}: no held-out images (add val/ or test/, or raise data.test_fraction)")
     channels = _check_images(train_samples + test_samples + (val_samples or []))
+    preprocess.per_channel(channels)  # a mean for 3 channels on grey images: refused before any work
+
+    def files(samples: list[tuple[Path, int]]) -> _ImageFiles:
+        return _ImageFiles(samples, image_size, channels, preprocess)
+
     return DataBundle(
         name=f"imagefolder:{root}",
-        train=_ImageFiles(train_samples, image_size, channels),
-        test=_ImageFiles(test_samples, image_size, channels),
+        train=files(train_samples),
+        test=files(test_samples),
         classes=classes,
         input_shape=(channels, image_size, image_size),
-        val=_ImageFiles(val_samples, image_size, channels) if val_samples is not None else None,
+        val=files(val_samples) if val_samples is not None else None,
         splits=splits,
+        preprocess=preprocess.as_dict(),
     )
 
 
@@ -405,8 +469,12 @@ def augmentations(config: DataConfig, bundle: DataBundle) -> tuple[str, ...]:
     return tuple(config.augment) if config.augment is not None else bundle.default_augment
 
 
-def load_data(path: str | None, config: DataConfig, image_size: int = 32, seed: int = 0) -> DataBundle:
-    bundle = load_fashion_mnist() if path is None else load_image_folder(Path(path), config, image_size, seed)
+def load_data(path: str | None, config: DataConfig, image_size: int = 32, seed: int = 0,
+              model_defaults: dict | None = None) -> DataBundle:
+    """The data, split and sliced as the profile says; `model_defaults` is the teacher's library's
+    preprocessing, used where the profile sets none (`preprocessing`)."""
+    bundle = load_fashion_mnist() if path is None else load_image_folder(
+        Path(path), config, image_size, seed, preprocessing(config, model_defaults))
     bundle = with_validation(bundle, config.val_fraction, seed)
     return limit(bundle, config.train_limit, config.test_limit, config.val_limit, seed)
 

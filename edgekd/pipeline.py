@@ -27,7 +27,7 @@ from edgekd.metrics import count
 from edgekd.models import create_model, require_architecture
 from edgekd.onnx_export import check_parity, export_onnx
 from edgekd.progress import info
-from edgekd.runfolder import FP32_ONNX, INT8_ONNX, atomic_write_bytes, atomic_write_json, claim_on_rank0
+from edgekd.runfolder import FP32_ONNX, INT8_ONNX, atomic_write_bytes, atomic_write_json, claim_on_rank0, sha256
 from edgekd.runtimes import backend, timing_threads
 from edgekd.stages import StageContext
 from edgekd.stages.distill import DistillStage
@@ -53,6 +53,7 @@ class CompressOptions:
     image_size: int = 32
     teacher: TeacherSource = field(default_factory=TeacherSource)
     student: str | None = None
+    student_weights: str | None = None
     width: float | None = None
     seed: int | None = None
     run_dir: Path | None = None
@@ -64,8 +65,8 @@ class CompressOptions:
 
     def resolved_profile(self) -> Profile:
         profile = load_profile(self.profile)
-        student = profile.student.model_copy(update={k: v for k, v in
-                                                     {"arch": self.student, "width": self.width}.items() if v is not None})
+        student = profile.student.model_copy(update={k: v for k, v in {
+            "arch": self.student, "width": self.width, "weights": self.student_weights}.items() if v is not None})
         updates = {"student": student}
         if self.seed is not None:
             updates["seed"] = self.seed
@@ -76,7 +77,7 @@ class CompressOptions:
             "target": self.target, "profile": self.profile, "data": self.data, "image_size": self.image_size,
             "teacher": self.teacher.path_or_name, "teacher_arch": self.teacher.arch,
             "teacher_weights": self.teacher.weights, "student": self.student, "width": self.width,
-            "seed": self.seed, "device": self.device,
+            "student_weights": self.student_weights, "seed": self.seed, "device": self.device,
         }
 
 
@@ -359,7 +360,7 @@ def _compress(options: CompressOptions, claimed: dict) -> CompressResult:
     for what, path in (("--run-dir", options.run_dir), ("--cache-dir", options.cache_dir),
                        ("--teacher", options.teacher.path_or_name), ("--teacher-weights", options.teacher.weights)):
         _require_utf8(what, path)
-    data = load_data(options.data, profile.data, options.image_size, profile.seed)
+    data = load_data(options.data, profile.data, options.image_size, profile.seed, _teacher_preprocessing(options.teacher))
     run, claimed["lock"] = claim_on_rank0(options.run_dir, default_run_dir(target.name),  # the validated name
                                           resume=options.resume, overwrite=options.overwrite)
     run_dir = claimed["run_dir"] = run.root
@@ -379,9 +380,10 @@ def _compress(options: CompressOptions, claimed: dict) -> CompressResult:
     records = [_teacher_stage(teacher, ctx)]
     ctx = replace(ctx, accuracy_floor=accuracy_floor(records[0]["val_accuracy"], profile, target))
     torch.manual_seed(profile.seed)
-    student = create_model(profile.student.arch, data.num_classes, data.input_shape, profile.student.width)
+    student, start = _fresh_student(profile, data)
+    ctx = replace(ctx, student_start=start)
     chain_fp = fingerprint(teacher.fingerprint, data.name, data.splits, len(data.train), len(data.val),
-                           len(data.test), data.input_shape, *profile.arithmetic)
+                           len(data.test), data.input_shape, *profile.arithmetic, *([start] if start else []))
     _, stage_records = _run_stages(student, ctx, chain_fp)
     records += stage_records
     report = None
@@ -391,6 +393,31 @@ def _compress(options: CompressOptions, claimed: dict) -> CompressResult:
     report = distributed.broadcast(report)
     code = exit_code(report["budget"])
     return CompressResult(report, run_dir, code)
+
+
+def _fresh_student(profile: Profile, data: DataBundle) -> tuple[nn.Module, dict | None]:
+    """The student before distillation: built fresh, or from the profile's pretrained weights."""
+    cfg = profile.student
+    student = create_model(cfg.arch, data.num_classes, data.input_shape, cfg.width)
+    if cfg.weights is None:
+        return student, None
+    from edgekd.models import read_weights
+    from edgekd.models.weights import fit_pretrained
+
+    path = Path(cfg.weights)
+    adapted = fit_pretrained(student, read_weights(path, "student weights"), str(path))
+    return student, {**adapted.as_dict(), "sha256": sha256(path)}
+
+
+def _teacher_preprocessing(source: TeacherSource) -> dict | None:
+    """A named timm teacher's own preprocessing (a file's only with --teacher-arch): used where the
+    profile's [data] sets none."""
+    from edgekd.models import library_preprocessing
+
+    name = source.arch if source.arch is not None else source.path_or_name
+    if name is None or (source.arch is None and Path(name).exists()):
+        return None
+    return library_preprocessing(name)
 
 
 def _require_utf8(what: str, path: object) -> None:
@@ -464,7 +491,8 @@ def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, da
         "profile": ctx.profile.name,
         "training": {"device": str(distributed.device()), "processes": distributed.world_size()},
         "dataset": {"name": data.name, "train": len(data.train), "val": len(data.val), "test": len(data.test),
-                    "splits": data.splits, "classes": data.classes, "input_shape": list(data.input_shape)},
+                    "splits": data.splits, "classes": data.classes, "input_shape": list(data.input_shape),
+                    **({"preprocess": data.preprocess} if data.preprocess else {})},
         "stages": records,
         "student": {"stage": final["name"], "onnx": final["onnx"]},
         "budget": _budget(ctx, budget_records, budget_latency, budget_note),

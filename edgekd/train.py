@@ -42,6 +42,9 @@ class TrainPlan:
     workers: int = 0
     min_steps: int = 0
     compile: bool = False  # torch.compile the training step (and a distillation teacher's forward)
+    # BatchNorm keeps its running statistics (eval mode) while its scale and shift train: fine-tuning
+    # a pretrained network on a small data set, whose batches would replace ImageNet's statistics
+    frozen_norm: bool = False
 
     def epochs_for(self, steps_per_epoch: int) -> int:
         """Epochs to run: the plan's, or more when that would be fewer than `min_steps` steps."""
@@ -81,6 +84,43 @@ def _shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return nn.functional.grid_sample(x, grid, mode="nearest", padding_mode="border", align_corners=False)
 
 
+def _crop(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The random-resized crop: per image a window of 35-100% of its area, aspect 3:4 to 4:3
+    (log-uniform), anywhere inside it, resized back to the full size. Scale 0.35, not
+    torchvision's 0.08: a small data set's 160-px pictures keep the object in view."""
+    n, _, h, w = x.shape
+    area = 0.35 + 0.65 * torch.rand(n, generator=generator)
+    aspect = torch.exp((torch.rand(n, generator=generator) * 2 - 1) * math.log(4 / 3))
+    sx = torch.sqrt(area * aspect).clamp(max=1.0)  # window width as a share of the image's
+    sy = torch.sqrt(area / aspect).clamp(max=1.0)
+    cx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - sx)
+    cy = (torch.rand(n, generator=generator) * 2 - 1) * (1 - sy)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2] = sx, sy, cx, cy
+    grid = nn.functional.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Brightness, contrast and saturation, each by a random factor in 0.8-1.2 per image. Done on
+    the normalised batch: contrast and saturation scale around the image's (or the pixel's grey)
+    mean, which normalisation moves but does not change in kind; brightness scales the distance
+    from the darkest value in the batch's own units."""
+    n = x.shape[0]
+
+    def factor() -> torch.Tensor:
+        return (0.8 + 0.4 * torch.rand(n, 1, 1, 1, generator=generator)).to(x.device, x.dtype)
+
+    low = x.amin(dim=(1, 2, 3), keepdim=True)
+    x = low + (x - low) * factor()
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = mean + (x - mean) * factor()
+    if x.shape[1] == 3:
+        grey = x.mean(dim=1, keepdim=True)
+        x = grey + (x - grey) * factor()
+    return x
+
+
 def augment(x: torch.Tensor, names: tuple[str, ...], generator: torch.Generator) -> torch.Tensor:
     return augment_with_views(x, names, generator)[0]
 
@@ -96,6 +136,10 @@ def augment_with_views(x: torch.Tensor, names: tuple[str, ...],
             view = None if view is None else view * FINITE_VIEWS["hflip"] + flipped
         elif name == "shift":
             x, view = _shift(x, generator), None
+        elif name == "crop":
+            x, view = _crop(x, generator), None
+        elif name == "jitter":
+            x, view = _jitter(x, generator), None
         else:
             raise ValueError(f"unknown augmentation '{name}'")
     return x, view
@@ -221,6 +265,10 @@ def fit(
         augment_rng = torch.Generator().manual_seed(plan.seed * 1000 + epoch * 10 + distributed.rank())
         objective.train()
         wrapped.train()
+        if plan.frozen_norm:
+            for module in trainable.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         total, batches = 0.0, 0
         with progress_bar(f"{label} epoch {epoch + 1}/{epochs}", len(loader)) as advance:
             for step, batch in enumerate(loader, start=epoch * len(loader)):

@@ -36,6 +36,8 @@ class StageContext:
     # the teacher's logits on the training split, computed once and shared by every distilling
     # stage where the augmentation has few enough views (edgekd.teacher_logits); None: always online
     teacher_logits: "TeacherLogits | None" = None
+    # where the student started when not from scratch: its pretrained weights (Adapted.as_dict())
+    student_start: dict | None = None
 
     def progress(self, stage: str) -> Path:
         """The epoch checkpoint a training stage resumes from."""

@@ -85,6 +85,8 @@ class DistillStage:
         if len(attempts) > 1:
             details["divergence_guard"] = {"attempts": attempts, "kept_lr": lr,
                                            "still_diverged": attempts[-1]["diverged"]}
+        if ctx.student_start is not None:
+            details["student_weights"] = ctx.student_start
         if log.teacher == "table":
             details["teacher_table_seconds"] = round(ctx.teacher_logits.seconds, 2)
         return StageOutput(model, details)

@@ -24,10 +24,10 @@ from torch import nn
 
 from edgekd import distributed
 from edgekd.config import Profile, fingerprint
-from edgekd.data import DataBundle, augmentations
+from edgekd.data import DataBundle, Preprocess, augmentations
 from edgekd.errors import BadInputError, EnvironmentProblem
 from edgekd.losses import CrossEntropyObjective
-from edgekd.models import ExportedTeacher, ModelSpec, checkpoint_payload, load_teacher
+from edgekd.models import ExportedTeacher, ModelSpec, checkpoint_payload, load_teacher, open_teacher
 from edgekd.runfolder import atomic_write_bytes, atomic_write_text, sha256
 from edgekd.progress import info
 from edgekd.train import TrainPlan, fit
@@ -58,13 +58,7 @@ class Teacher:
 
 def obtain_teacher(source: TeacherSource, profile: Profile, data: DataBundle, cache_dir: Path) -> Teacher:
     if source.path_or_name is not None:
-        model, spec = load_teacher(source.path_or_name, data.num_classes, data.input_shape, source.arch, source.weights,
-                                   source.trust_torchscript)
-        check_teacher(model, spec, data, source.path_or_name)
-        file = Path(source.path_or_name)
-        identity = {"file": str(file.resolve()), "size": file.stat().st_size, "mtime": file.stat().st_mtime} \
-            if file.is_file() else {"name": source.path_or_name, "weights": source.weights}
-        return Teacher(model.eval(), spec, source.path_or_name, fingerprint(identity, data_fingerprint(data)), {})
+        return _users_teacher(source, profile, data, cache_dir)
     cfg = profile.teacher
     augment = augmentations(profile.data, data)
     cached = cache_entry(profile, data, cache_dir)
@@ -85,6 +79,48 @@ def obtain_teacher(source: TeacherSource, profile: Profile, data: DataBundle, ca
     )
     progress = cache_dir / "teachers" / f".{cfg.arch}-{key}.progress.pt"
     log = fit(model, CrossEntropyObjective(), data.train, plan, label="teacher", checkpoint=progress, fingerprint=key)
+    _store(cached, model, spec, progress)
+    return Teacher(model.eval(), spec, "trained", key, {"cached": False, "epoch_losses": log.epoch_losses})
+
+
+def _users_teacher(source: TeacherSource, profile: Profile, data: DataBundle, cache_dir: Path) -> Teacher:
+    """The user's teacher; one whose weights came with a classifier for other classes is fine-tuned
+    on the training split first (edgekd.stages.transfer), once: the result is cached like the built-in."""
+    model, spec, adapted = open_teacher(source.path_or_name, data.num_classes, data.input_shape, source.arch,
+                                        source.weights, source.trust_torchscript)
+    check_teacher(model, spec, data, source.path_or_name)
+    file = Path(source.path_or_name)
+    weights = Path(source.weights) if source.weights is not None else file
+    identity = {"file": str(file.resolve()), "size": file.stat().st_size, "mtime": file.stat().st_mtime} \
+        if file.is_file() else {"name": source.path_or_name, "weights": source.weights}
+    key = fingerprint(identity, data_fingerprint(data))
+    details = {} if adapted is None else {"weights": adapted.as_dict()}
+    if adapted is None or not adapted.new_head:
+        return Teacher(model.eval(), spec, source.path_or_name, key, details)
+    from edgekd.stages.transfer import fine_tune
+
+    key = fingerprint(key, _cached_sha256(weights), profile.transfer.model_dump(mode="json"), profile.seed,
+                      augmentations(profile.data, data), data.input_shape, *profile.arithmetic)
+    cached = cache_dir / "teachers" / f"finetuned-{spec.arch.replace(':', '-')}-{key}.pt"
+    if cached.is_file():
+        verify_cache_entry(cached)
+        model, spec = load_teacher(str(cached), data.num_classes, data.input_shape)
+        info("teacher: fine-tuned and cached ", user_text=str(cached))
+        payload = json.loads(_record_file(cached).read_text()) if _record_file(cached).is_file() else {}
+        return Teacher(model.eval(), spec, f"cache:{cached}", key, {**details, "cached": True, "fine_tuned": payload})
+    progress = cache_dir / "teachers" / f".finetuned-{key}.progress.pt"
+    record = fine_tune(model, data, profile, checkpoint=progress, fingerprint=key)
+    if distributed.is_main():
+        atomic_write_text(_record_file(cached), json.dumps(record.as_dict()) + "\n")
+    _store(cached, model, spec, progress)
+    return Teacher(model.eval(), spec, source.path_or_name, key, {**details, "cached": False, "fine_tuned": record.as_dict()})
+
+
+def _record_file(entry: Path) -> Path:
+    return entry.with_name(entry.name + ".json")
+
+
+def _store(cached: Path, model: nn.Module, spec: ModelSpec, progress: Path) -> None:
     if distributed.is_main():
         # the checksum first, then the entry: a kill between them leaves no entry (it retrains), never
         # a valid entry without its checksum (refused as corrupt)
@@ -94,7 +130,6 @@ def obtain_teacher(source: TeacherSource, profile: Profile, data: DataBundle, ca
         atomic_write_bytes(cached, buffer.getvalue())
         progress.unlink(missing_ok=True)
     distributed.barrier()
-    return Teacher(model.eval(), spec, "trained", key, {"cached": False, "epoch_losses": log.epoch_losses})
 
 
 # ---------------------------------------------------------------- the cache's integrity
@@ -128,8 +163,10 @@ def data_fingerprint(data: DataBundle) -> str:
     splits = {"train": data.train, "test": data.test}
     if getattr(data, "val", None) is not None:
         splits["val"] = data.val
+    # the default preprocessing is left out, so teachers cached before it could be set stay valid
+    preprocess = {} if data.preprocess in ({}, Preprocess().as_dict()) else {"preprocess": data.preprocess}
     return fingerprint(data.name, data.classes, list(data.input_shape),
-                       {name: _content(split, data.name) for name, split in splits.items()})
+                       {name: _content(split, data.name) for name, split in splits.items()}, *preprocess.values())
 
 
 def _content(dataset, name: str) -> object:

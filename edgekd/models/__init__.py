@@ -6,7 +6,8 @@ is the field's model zoo, built exactly as its library builds it: `resnet18` is 
 ResNet-18, `timm:efficientnet_lite0` (or a bare timm name torchvision lacks) timm's. A bare name is
 torchvision's where torchvision has it, else timm's; `torchvision:` / `timm:` say which. An unknown
 name is an error listing edgekd's. Checkpoints written by edgekd carry their architecture, so
-`--teacher runs/.../teacher.pt` needs nothing else.
+`--teacher runs/.../teacher.pt` needs nothing else. Pretrained weights from other ports, or for
+other classes, are fitted in `edgekd.models.weights`.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
 
 from edgekd.errors import BadInputError
+
+if TYPE_CHECKING:
+    from edgekd.models.weights import Adapted
 
 Builder = Callable[[int, tuple[int, int, int], float], nn.Module]
 _REGISTRY: dict[str, Builder] = {}
@@ -311,6 +315,16 @@ def load_teacher(
     """A teacher from a file (edgekd checkpoint, state dict + arch, TorchScript, torch.export)
     or from a registered / torchvision name with a weights file. No format but TorchScript (and
     only with `trust_torchscript`) can run code while it is read (edgekd/teacher_files.py)."""
+    model, spec, _ = open_teacher(source, num_classes, input_shape, arch, weights, trust_torchscript)
+    return model, spec
+
+
+def open_teacher(
+    source: str, num_classes: int, input_shape: tuple[int, int, int], arch: str | None = None, weights: str | None = None,
+    trust_torchscript: bool = False,
+) -> tuple[nn.Module, ModelSpec | None, Adapted | None]:
+    """`load_teacher`, plus what pretrained weights needed to fit (edgekd.models.weights): None for
+    edgekd's own checkpoints and for code files, which fit as they are or not at all."""
     from edgekd import teacher_files
 
     path = Path(source)
@@ -331,11 +345,11 @@ def load_teacher(
             raise
         except Exception as err:
             raise BadInputError(f"{path}: not a loadable torch.export archive ({type(err).__name__})") from None
-        return ExportedTeacher(program, path), None
+        return ExportedTeacher(program, path), None, None
     if teacher_files.is_torchscript(path):
         teacher_files.require_trusted_torchscript(path, trust_torchscript)
         try:
-            return torch.jit.load(str(path), map_location="cpu"), None
+            return torch.jit.load(str(path), map_location="cpu"), None, None
         except Exception as err:
             raise BadInputError(f"{path}: not a loadable TorchScript file ({type(err).__name__})") from None
     payload = _torch_load(path)
@@ -343,12 +357,11 @@ def load_teacher(
         spec = ModelSpec.from_payload(payload["spec"])
         if spec.num_classes != num_classes:
             raise BadInputError(f"{path}: teacher has {spec.num_classes} classes, the data has {num_classes}")
-        return load_state(spec.build(), payload["state_dict"], str(path)), spec
+        return load_state(spec.build(), payload["state_dict"], str(path)), spec, None
     if isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values()):
         if arch is None:
             raise BadInputError(f"{path} is a bare state dict: name its architecture with --teacher-arch")
-        spec = ModelSpec(canonical_arch(arch), num_classes, tuple(input_shape))
-        return load_state(spec.build(), payload, str(path)), spec
+        return _pretrained(ModelSpec(canonical_arch(arch), num_classes, tuple(input_shape)), payload, str(path))
     raise BadInputError(f"{path}: not an edgekd checkpoint, state dict, TorchScript or torch.export file")
 
 
@@ -390,18 +403,26 @@ class ExportedTeacher(nn.Module):
         return self.program(x)
 
 
-def _named_teacher(name: str, weights: Path, num_classes: int, input_shape) -> tuple[nn.Module, ModelSpec | None]:
-    if not weights.exists():
-        raise BadInputError(f"teacher weights not found: {weights}")
+def _named_teacher(name: str, weights: Path, num_classes: int, input_shape):
+    spec = ModelSpec(canonical_arch(name), num_classes, tuple(input_shape))
+    return _pretrained(spec, read_weights(weights, "teacher weights"), str(weights))
+
+
+def read_weights(path: Path, what: str) -> object:
+    """A weights file, read without running code (weights_only); one line when it is not one."""
+    if not path.exists():
+        raise BadInputError(f"{what} not found: {path}")
     from edgekd.teacher_files import require_regular_file
 
-    require_regular_file(weights, "teacher weights")
-    state = _torch_load(weights)
-    if not isinstance(state, dict):
-        raise BadInputError(f"{weights}: expected a state dict")
-    state = state.get("state_dict", state)
-    spec = ModelSpec(canonical_arch(name), num_classes, tuple(input_shape))
-    return load_state(spec.build(), state, str(weights)), spec
+    require_regular_file(path, what)
+    return _torch_load(path)
+
+
+def _pretrained(spec: ModelSpec, state: object, source: str):
+    from edgekd.models.weights import fit_pretrained
+
+    model = spec.build()
+    return model, spec, fit_pretrained(model, state, source)
 
 
 def checkpoint_payload(model: nn.Module, spec: ModelSpec | None, **extra) -> dict:
@@ -416,3 +437,16 @@ def save_checkpoint(model: nn.Module, spec: ModelSpec | None, path: Path, **extr
     from edgekd.runfolder import atomic_torch_save
 
     atomic_torch_save(checkpoint_payload(model, spec, **extra), path)
+
+
+def library_preprocessing(arch: str) -> dict | None:
+    """A timm model's own preprocessing (its pretrained_cfg: mean, std, interpolation, crop), for
+    `edgekd.data.preprocessing`; None for edgekd's and torchvision's models, which state none here."""
+    canonical = canonical_arch(arch)
+    if not canonical.startswith("timm:"):
+        return None
+    cfg = _timm(required=True).models.get_pretrained_cfg(canonical.split(":", 1)[1])
+    if cfg is None:
+        return None
+    return {"mean": tuple(cfg.mean), "std": tuple(cfg.std), "interpolation": cfg.interpolation or "bilinear",
+            "crop_fraction": cfg.crop_pct or 0.875, "source": f"timm's pretrained_cfg for {canonical}"}
