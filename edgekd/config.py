@@ -288,7 +288,7 @@ class TransferConfig(Strict):
     # one best on validation kept
     head_steps: PositiveInt = 300
     head_lr: Positive = 0.01
-    head_weight_decays: list[Annotated[float, Field(ge=0)]] = [1e-3, 1e-2, 0.1, 1.0]
+    head_weight_decays: list[Annotated[float, Field(ge=0)]] = [0.01, 0.1, 1.0, 3.0, 10.0]
     # then the whole network, from the probe's head, with the data's augmentations; validation
     # keeps the fine-tuned network only where it beats the probe (0 epochs: the probe alone)
     epochs: Annotated[int, Field(ge=0)] = 3

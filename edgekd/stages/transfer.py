@@ -5,8 +5,9 @@ The head learns first, as a linear probe: the frozen network's features of every
 are computed once, without augmentation, and the head trains on them in full batches, a few
 seconds where training it through the network would cost epochs. Then the whole network trains at
 a small learning rate with the data's augmentations, starting from the probe's head (a random head
-would send large gradients into the pretrained layers). Validation chooses the probe's weight decay,
-and whether the fine-tuned network beats the probe; the record keeps every number it chose on.
+would send large gradients into the pretrained layers). Validation chooses the probe's weight decay
+(by cross-entropy), and whether the fine-tuned network beats the probe (by top-1); the record keeps
+every number it chose on.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class TransferRecord:
     finetune_epoch_losses: list[float]
     finetune_seconds: float
     kept: str  # "fine-tuned" or "probe"
+    probe_val_losses: dict[str, float]  # validation cross-entropy per weight decay tried
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -47,20 +49,10 @@ class TransferRecord:
 def fine_tune(model: nn.Module, data: DataBundle, profile: Profile, checkpoint=None, fingerprint: str = "") -> TransferRecord:
     """Train `model`'s new head, then the whole network; `model` is left as validation chose."""
     cfg = profile.transfer
-    head_name = head_of(model)
-    if head_name is None:
-        raise BadInputError("the pretrained teacher has no Linear classifier edgekd can find to fine-tune")
-    head = model.get_submodule(head_name)
-    started = time.perf_counter()
     info(f"teacher: fine-tuning its new {data.num_classes}-class head on frozen features ")
-    train_x, train_y = features(model, head, data.train)
-    val_x, val_y = features(model, head, data.val)
-    probes = {wd: train_probe(train_x, train_y, head, cfg, wd, profile.seed) for wd in cfg.head_weight_decays}
-    scores = {wd: _top1(probe, val_x, val_y) for wd, probe in probes.items()}
-    best_wd = max(scores, key=lambda wd: (scores[wd], -wd))  # ties: the least regularised
-    head.load_state_dict(probes[best_wd].state_dict())
-    probe_seconds = time.perf_counter() - started
-    record = TransferRecord(scores[best_wd], best_wd, round(probe_seconds, 2), 0, None, [], 0.0, "probe")
+    probe = probe_head(model, data, profile)
+    record = TransferRecord(probe["val_accuracy"], probe["weight_decay"], probe["seconds"], 0, None, [], 0.0, "probe",
+                            probe["val_losses"])
     if cfg.epochs == 0:
         return record
     probe_state = copy.deepcopy(model.state_dict())
@@ -83,6 +75,29 @@ def fine_tune(model: nn.Module, data: DataBundle, profile: Profile, checkpoint=N
     info(f"teacher: probe {100 * record.probe_val_accuracy:.2f}%, fine-tuned {100 * record.finetune_val_accuracy:.2f}% "
          f"on validation; keeping the {record.kept} network")
     return record
+
+
+def probe_head(model: nn.Module, data: DataBundle, profile: Profile) -> dict:
+    """Train `model`'s head alone on its frozen features (in place); what validation chose.
+    Also where a pretrained student with a new head starts: its head then fits the labels before
+    distillation, instead of sending a random head's gradients into the pretrained layers."""
+    cfg = profile.transfer
+    head_name = head_of(model)
+    if head_name is None:
+        raise BadInputError("the pretrained model has no Linear classifier edgekd can find to train")
+    head = model.get_submodule(head_name)
+    started = time.perf_counter()
+    train_x, train_y = features(model, head, data.train)
+    val_x, val_y = features(model, head, data.val)
+    probes = {wd: train_probe(train_x, train_y, head, cfg, wd, profile.seed) for wd in cfg.head_weight_decays}
+    # chosen by validation cross-entropy, not top-1: a heavily decayed head can rank as well while
+    # its logits say nothing (near ln C), and distillation learns from the logits
+    losses = {wd: _loss(probe, val_x, val_y) for wd, probe in probes.items()}
+    best = min(losses, key=lambda wd: (losses[wd], wd))
+    head.load_state_dict(probes[best].state_dict())
+    return {"val_accuracy": _top1(probes[best], val_x, val_y), "weight_decay": best,
+            "val_losses": {f"{wd:g}": round(loss, 4) for wd, loss in losses.items()},
+            "seconds": round(time.perf_counter() - started, 2)}
 
 
 @torch.no_grad()
@@ -116,6 +131,11 @@ def train_probe(x: torch.Tensor, y: torch.Tensor, head: nn.Module, cfg: Transfer
         optimizer.step()
         schedule.step()
     return probe.eval()
+
+
+@torch.no_grad()
+def _loss(probe: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float(nn.functional.cross_entropy(probe(x), y))
 
 
 @torch.no_grad()
