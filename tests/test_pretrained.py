@@ -132,3 +132,15 @@ def test_the_clipart_example_keeps_every_picture_in_one_split(tmp_path):
     assert sum(len(n) for n in names.values()) == 40
     assert not (names["train"] & names["test"]) and not (names["train"] & names["val"])
     assert all(counts[split][c] > 0 for split in counts for c in ("plants", "tools"))
+
+
+def test_the_examples_command_refuses_bad_input_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x.txt").write_text("mine")
+    for argv in (["clipart", str(tmp_path / "full")], ["weights", "lite9"], []):
+        done = subprocess.run([sys.executable, "-m", "edgekd.examples", *argv], capture_output=True, text=True)
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert (tmp_path / "full" / "x.txt").read_text() == "mine"

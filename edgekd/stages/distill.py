@@ -59,6 +59,7 @@ class DistillStage:
                 epochs=cfg.epochs, lr=lr, weight_decay=cfg.weight_decay, batch_size=ctx.profile.data.batch_size,
                 seed=ctx.profile.seed, workers=ctx.profile.data.workers, fast_math=ctx.profile.mixed_precision,
                 augment=augmentations(ctx.profile.data, ctx.data), min_steps=cfg.min_steps, compile=cfg.compile,
+                frozen_norm=cfg.frozen_norm,
             )
             # each attempt its own progress file, so a killed retry resumes as a retry
             progress = ctx.progress(self.name if attempt == 0 else f"{self.name}-retry{attempt}")
