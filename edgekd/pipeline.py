@@ -419,12 +419,16 @@ def _fresh_student(profile: Profile, data: DataBundle) -> tuple[nn.Module, dict 
 def _teacher_preprocessing(source: TeacherSource) -> dict | None:
     """A named timm teacher's own preprocessing (a file's only with --teacher-arch): used where the
     profile's [data] sets none."""
+    from edgekd.errors import BadInputError
     from edgekd.models import library_preprocessing
 
-    name = source.arch if source.arch is not None else source.path_or_name
-    if name is None or (source.arch is None and Path(name).exists()):
+    name = source.arch if source.arch is not None else source.path_or_name if source.weights is not None else None
+    if name is None:
         return None
-    return library_preprocessing(name)
+    try:
+        return library_preprocessing(name)
+    except BadInputError:  # an unknown name: the teacher's loader says so, in its own words
+        return None
 
 
 def _require_utf8(what: str, path: object) -> None:

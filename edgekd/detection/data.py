@@ -247,13 +247,17 @@ def read_coco(images_dir: Path | str, annotations_json: Path | str, bad_boxes: B
     return DetectionSet(samples, classes, image_size), policy.dropped
 
 
-def _read_json(path: Path):
+def _read_text(path: Path, what: str) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise BadInputError(f"annotation file not found: {path}") from None
+        raise BadInputError(f"{what} not found: {path}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise BadInputError(f"cannot read {path}: {_first_line(err)}") from None
+
+
+def _read_json(path: Path):
+    text = _read_text(path, "annotation file")
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
@@ -369,15 +373,10 @@ def read_yolo(root: Path | str, split: str, bad_boxes: BadBoxes | str = "error",
 
 def _read_data_yaml(path: Path) -> dict:
     try:
-        import yaml  # PyYAML: importable here (timm and huggingface_hub need it), not an edgekd dependency
+        import yaml  # PyYAML, an edgekd dependency; still, a broken environment is one line
     except ImportError:
         raise EnvironmentProblem(f"reading {path} needs PyYAML: pip install pyyaml") from None
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BadInputError(f"YOLO data.yaml not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise BadInputError(f"cannot read {path}: {_first_line(err)}") from None
+    text = _read_text(path, "YOLO data.yaml")
     try:
         config = yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -16,15 +16,13 @@ import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 from torch import nn
 
 from edgekd.errors import BadInputError
-
-if TYPE_CHECKING:
-    from edgekd.models.weights import Adapted
+from edgekd.models.weights import Adapted, fit_pretrained, load_state  # noqa: F401  (load_state: edgekd.models' API)
 
 Builder = Callable[[int, tuple[int, int, int], float], nn.Module]
 _REGISTRY: dict[str, Builder] = {}
@@ -283,24 +281,6 @@ class ModelSpec:
         return cls(**{**spec, "arch": arch, "input_shape": tuple(spec["input_shape"])})
 
 
-def load_state(model: nn.Module, state: dict, source: str) -> nn.Module:
-    """Load weights strictly; a mismatch is the user's checkpoint not fitting the architecture."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
-        raise BadInputError(f"{source}: checkpoint does not fit the architecture ({what}, "
-                            f"{len(missing)} missing, {len(unexpected)} unexpected keys)")
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor) or value.shape != own[key].shape:
-            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise BadInputError(f"{source}: checkpoint does not fit the architecture "
-                                f"({key}: {shape} in the file, {tuple(own[key].shape)} in the model)")
-    model.load_state_dict(state)
-    return model
-
-
 def _torch_load(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -419,8 +399,6 @@ def read_weights(path: Path, what: str) -> object:
 
 
 def _pretrained(spec: ModelSpec, state: object, source: str):
-    from edgekd.models.weights import fit_pretrained
-
     model = spec.build()
     return model, spec, fit_pretrained(model, state, source)
 

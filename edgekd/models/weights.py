@@ -69,8 +69,6 @@ def unwrap(state: object, source: str) -> dict[str, torch.Tensor]:
 
 def fit_pretrained(model: nn.Module, state: object, source: str) -> Adapted:
     """Load `state` into `model`, bridging the differences above; BadInputError when it does not fit."""
-    from edgekd.models import load_state
-
     state = unwrap(state, source)
     own = model.state_dict()
     head = head_of(model)
@@ -94,6 +92,24 @@ def fit_pretrained(model: nn.Module, state: object, source: str) -> Adapted:
         state = {k: (own[k] if k in head_keys else v) for k, v in state.items()}
     load_state(model, state, source)
     return adapted
+
+
+def load_state(model: nn.Module, state: dict, source: str) -> nn.Module:
+    """Load weights strictly; a mismatch is the user's checkpoint not fitting the architecture."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise BadInputError(f"{source}: checkpoint does not fit the architecture ({what}, "
+                            f"{len(missing)} missing, {len(unexpected)} unexpected keys)")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor) or value.shape != own[key].shape:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise BadInputError(f"{source}: checkpoint does not fit the architecture "
+                                f"({key}: {shape} in the file, {tuple(own[key].shape)} in the model)")
+    model.load_state_dict(state)
+    return model
 
 
 def _by_position(own: dict, state: dict, head_keys: set[str]) -> dict | None:
