@@ -1,4 +1,6 @@
-"""Stage 0: the teacher. Loaded from the user's file, or trained once on the data and cached.
+"""Stage 0: the teacher. Loaded from the user's file, or trained once on the data and cached. A
+user's pretrained teacher whose head is new (weights for other classes) is fine-tuned once on the
+training split (edgekd.stages.transfer) and cached the same way.
 
 The cache key is the teacher recipe plus a fingerprint of the data's content (every image's
 relative name, size, modification time and label; the idx files' hashes for the built-in data),
@@ -65,10 +67,8 @@ def obtain_teacher(source: TeacherSource, profile: Profile, data: DataBundle, ca
     key = cached.stem.removeprefix(f"{cfg.arch}-")
     spec = ModelSpec(cfg.arch, data.num_classes, data.input_shape, cfg.width)
     if cached.is_file():
-        verify_cache_entry(cached)
-        model, spec = load_teacher(str(cached), data.num_classes, data.input_shape)
-        info("teacher: cached ", user_text=str(cached))
-        return Teacher(model.eval(), spec, f"cache:{cached}", key, {"cached": True})
+        model, spec = _load_cached(cached, data, "teacher: cached ")
+        return Teacher(model, spec, f"cache:{cached}", key, {"cached": True})
     info(f"teacher: training {cfg.arch} for {cfg.epochs} epochs ", user_text=f"(cached afterwards in {cached.parent})")
     torch.manual_seed(profile.seed)  # the initial weights too: the same recipe and seed give the same teacher
     model = spec.build()
@@ -103,17 +103,22 @@ def _users_teacher(source: TeacherSource, profile: Profile, data: DataBundle, ca
                       augmentations(profile.data, data), data.input_shape, *profile.arithmetic)
     cached = cache_dir / "teachers" / f"finetuned-{spec.arch.replace(':', '-')}-{key}.pt"
     if cached.is_file():
-        verify_cache_entry(cached)
-        model, spec = load_teacher(str(cached), data.num_classes, data.input_shape)
-        info("teacher: fine-tuned and cached ", user_text=str(cached))
+        model, spec = _load_cached(cached, data, "teacher: fine-tuned and cached ")
         payload = json.loads(_record_file(cached).read_text()) if _record_file(cached).is_file() else {}
-        return Teacher(model.eval(), spec, f"cache:{cached}", key, {**details, "cached": True, "fine_tuned": payload})
+        return Teacher(model, spec, f"cache:{cached}", key, {**details, "cached": True, "fine_tuned": payload})
     progress = cache_dir / "teachers" / f".finetuned-{key}.progress.pt"
     record = fine_tune(model, data, profile, checkpoint=progress, fingerprint=key)
     if distributed.is_main():
         atomic_write_text(_record_file(cached), json.dumps(record.as_dict()) + "\n")
     _store(cached, model, spec, progress)
     return Teacher(model.eval(), spec, source.path_or_name, key, {**details, "cached": False, "fine_tuned": record.as_dict()})
+
+
+def _load_cached(cached: Path, data: DataBundle, says: str) -> tuple[nn.Module, ModelSpec]:
+    verify_cache_entry(cached)
+    model, spec = load_teacher(str(cached), data.num_classes, data.input_shape)
+    info(says, user_text=str(cached))
+    return model.eval(), spec
 
 
 def _record_file(entry: Path) -> Path:
