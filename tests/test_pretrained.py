@@ -106,15 +106,15 @@ def test_a_pretrained_teacher_for_other_classes_is_fine_tuned_once_and_cached(tm
 
     if not OPENCLIPART.is_dir():
         pytest.skip("apt-get install -y openclipart-png")
-    clipart_tree(tmp_path / "clipart", classes=("animals", "food", "transportation"), per_class=16)
-    profile = Profile(name="t", data=DataConfig(batch_size=16, augment=["hflip"]),
-                      transfer=TransferConfig(head_steps=100, epochs=1, head_weight_decays=[1e-2, 1.0]))
+    clipart_tree(tmp_path / "clipart", classes=("animals", "food", "transportation"), per_class=40)
+    profile = Profile(name="t", data=DataConfig(batch_size=32, augment=["hflip"]),
+                      transfer=TransferConfig(epochs=1, head_weight_decays=[1e-2, 1.0]))
     data = load_data(str(tmp_path / "clipart"), profile.data, image_size=64)
     source = TeacherSource("timm:efficientnet_lite0", weights=lite0_weights)
     first = obtain_teacher(source, profile, data, tmp_path / "cache")
     tuned = first.details["fine_tuned"]
     assert first.details["weights"]["new_head"] and tuned["probe_weight_decay"] in (1e-2, 1.0)
-    assert tuned["probe_val_accuracy"] > 1 / 3  # chance is a third: the pretrained features know these
+    assert tuned["probe_val_accuracy"] >= 0.5  # chance is a third (11 of 18 here): the pretrained features know these
     assert tuned["kept"] in ("probe", "fine-tuned") and len(tuned["finetune_epoch_losses"]) == 1
     second = obtain_teacher(source, profile, data, tmp_path / "cache")
     assert second.details["cached"] and second.details["fine_tuned"] == tuned

@@ -86,6 +86,7 @@ def obtain_teacher(source: TeacherSource, profile: Profile, data: DataBundle, ca
 def _users_teacher(source: TeacherSource, profile: Profile, data: DataBundle, cache_dir: Path) -> Teacher:
     """The user's teacher; one whose weights came with a classifier for other classes is fine-tuned
     on the training split first (edgekd.stages.transfer), once: the result is cached like the built-in."""
+    torch.manual_seed(profile.seed)  # a new head's initial weights: the same command and seed, the same teacher
     model, spec, adapted = open_teacher(source.path_or_name, data.num_classes, data.input_shape, source.arch,
                                         source.weights, source.trust_torchscript)
     check_teacher(model, spec, data, source.path_or_name)
