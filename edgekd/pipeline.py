@@ -384,7 +384,7 @@ def _compress(options: CompressOptions, claimed: dict) -> CompressResult:
     ctx = replace(ctx, student_start=start)
     chain_fp = fingerprint(teacher.fingerprint, data.name, data.splits, len(data.train), len(data.val),
                            len(data.test), data.input_shape, *profile.arithmetic,
-                           *([{k: v for k, v in start.items() if k != "head_probe"}] if start else []))  # not its timing
+                           *([start] if start else []))
     _, stage_records = _run_stages(student, ctx, chain_fp)
     records += stage_records
     report = None
@@ -407,13 +407,7 @@ def _fresh_student(profile: Profile, data: DataBundle) -> tuple[nn.Module, dict 
 
     path = Path(cfg.weights)
     adapted = fit_pretrained(student, read_weights(path, "student weights"), str(path))
-    start = {**adapted.as_dict(), "sha256": sha256(path)}
-    if adapted.new_head:  # its head learns the labels first, on the frozen pretrained features
-        from edgekd.stages.transfer import probe_head
-
-        info("student: training its new head on its frozen pretrained features")
-        start["head_probe"] = probe_head(student, data, profile)
-    return student, start
+    return student, {**adapted.as_dict(), "sha256": sha256(path)}  # a new head is probed by the distill stage
 
 
 def _teacher_preprocessing(source: TeacherSource) -> dict | None:

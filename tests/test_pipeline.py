@@ -8,6 +8,7 @@ import tomllib
 
 import onnxruntime as ort
 import pytest
+import torch
 
 from tests.conftest import REPO, edgekd
 
@@ -180,3 +181,30 @@ def test_the_default_recipes_student_runs_end_to_end_on_a_slice(tmp_path, cache_
         assert parity["mixed"]["samples"] == parity["samples"] and parity["mixed"]["top1_agreement"] > 0.5
     else:
         assert "mixed" not in parity
+
+
+def test_a_pretrained_student_with_a_new_head_learns_its_head_once(tmp_path, cache_dir, smoke_run):
+    """`--student-weights` from a 4-class checkpoint on 10-class data: the student gets a new head,
+    the distill stage trains it on the frozen features first and records it, and resuming the
+    finished run does not train it again."""
+    from edgekd.models import create_model
+
+    weights = tmp_path / "student-4-classes.pt"
+    torch.manual_seed(1)
+    torch.save(create_model("edgekd_cnn", 4, (1, 28, 28), 0.5).state_dict(), weights)
+    text = (REPO / "profiles/smoke.toml").read_text().replace('name = "smoke"', 'name = "smoke-student-weights"')
+    text = text.replace("[prune]\n", "[prune]\nenabled = false\n").replace("[quantize]\n", "[quantize]\nenabled = false\n")
+    profile = tmp_path / "smoke-student-weights.toml"
+    profile.write_text(text)
+    run_dir = tmp_path / "run"
+    done = edgekd("compress", "--profile", str(profile), "--target", "host-cpu", "--run-dir", str(run_dir),
+                  "--cache-dir", str(cache_dir), "--student-weights", str(weights))
+    assert done.returncode in (0, 3, 6), done.stderr[-3000:]
+    stages = {s["name"]: s for s in json.loads((run_dir / "report.json").read_text())["stages"]}
+    start = stages["distill"]["details"]["student_weights"]
+    assert start["new_head"] and start["file_classes"] == 4
+    assert 0.1 < start["head_probe"]["val_accuracy"] <= 1.0  # learnt from random features: above chance
+    again = edgekd("compress", "--resume", str(run_dir), env={"EDGEKD_QUIET": "0"})
+    assert again.returncode == done.returncode, again.stderr[-3000:]
+    said = again.stdout + again.stderr
+    assert "distill: complete" in said and "new head" not in said

@@ -41,6 +41,21 @@ def diverged(epoch_losses: list[float]) -> str | None:
 class DistillStage:
     name = "distill"
 
+    def _probe_new_head(self, model: nn.Module, ctx: StageContext) -> dict | str | None:
+        """A pretrained student with a new head trains that head on its frozen features first, so a
+        random head's gradients do not wreck the pretrained layers. Here, not where the student is
+        built, so a resumed run whose distillation is done does not probe again; a run resumed
+        mid-distillation loads its checkpoint over the head, so it skips the probe too."""
+        start = ctx.student_start
+        if start is None or not start.get("new_head"):
+            return None
+        if ctx.progress(self.name).exists():
+            return "skipped: resumed from the distill checkpoint"
+        from edgekd.stages.transfer import probe_head
+
+        info("student: training its new head on its frozen pretrained features")
+        return probe_head(model, ctx.data, ctx.profile)
+
     def enabled(self, profile: Profile) -> bool:
         return True
 
@@ -51,7 +66,8 @@ class DistillStage:
     def run(self, model: nn.Module, ctx: StageContext) -> StageOutput:
         cfg = ctx.profile.distill
         objective = DistillationObjective(ctx.teacher, cfg, ctx.teacher_logits).with_input_shape(ctx.data.input_shape)
-        fresh = copy.deepcopy(model.state_dict())
+        head_probe = self._probe_new_head(model, ctx)
+        fresh = copy.deepcopy(model.state_dict())  # what a retry starts from: after the head's probe
         attempts: list[dict] = []
         lr = cfg.lr
         for attempt in range(MAX_ATTEMPTS):
@@ -87,7 +103,8 @@ class DistillStage:
             details["divergence_guard"] = {"attempts": attempts, "kept_lr": lr,
                                            "still_diverged": attempts[-1]["diverged"]}
         if ctx.student_start is not None:
-            details["student_weights"] = ctx.student_start
+            details["student_weights"] = ctx.student_start if head_probe is None else {**ctx.student_start,
+                                                                                          "head_probe": head_probe}
         if log.teacher == "table":
             details["teacher_table_seconds"] = round(ctx.teacher_logits.seconds, 2)
         return StageOutput(model, details)
