@@ -415,6 +415,10 @@ class ExportConfig(Strict):
     opset: Annotated[int, Field(ge=13, le=21)] = 17
     atol: Positive = 1e-3  # max |logit difference| between PyTorch and ONNX Runtime (FP32)
     int8_atol: Positive = 0.25  # same for INT8: rounding in fused kernels differs from fake-quant
+    # ... or this share of the logits' range where larger: INT8 rounding drift grows with the
+    # logits' scale and the network's depth (1-4% on Lite0, edgekd.onnx_export.Parity)
+    int8_rtol: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    # top-1 agreement needed on the images whose top-1 is not a near tie (within the tolerance)
     min_top1_agreement: Annotated[float, Field(gt=0, le=1)] = 0.98
 
 

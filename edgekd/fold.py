@@ -3,6 +3,13 @@
 Quantizing with BatchNorms left in place exports fine but ONNX Runtime then cannot fuse
 Conv+BN+QDQ into QLinearConv, and INT8 runs slower than FP32. NNCF rejects `torch.fx`
 GraphModules, so fx is used only to *find* conv->bn pairs; the module tree itself is edited.
+
+Norm layers that carry their activation (timm's `BatchNormAct2d`, in every EfficientNet, MobileNet
+and RegNet of timm's) are BatchNorms too: fx would trace through them into a functional
+batch_norm and find no pair, so they are traced as leaves, folded, and replaced by what follows
+the normalisation inside them (their dropout and activation). A Lite0 left unfolded had a QDQ
+pair put between each convolution and its BatchNorm for ONNX Runtime: the INT8 file then agreed
+with its fake-quantized model on 75% of images.
 """
 
 from __future__ import annotations
@@ -21,8 +28,26 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, leaf, module)
 
 
+class _NormsAsLeaves(torch.fx.Tracer):
+    """Traces BatchNorm subclasses from other libraries as modules, not into their code."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return isinstance(module, nn.BatchNorm2d) or super().is_leaf_module(module, qualified_name)
+
+
+def after_norm(bn: nn.BatchNorm2d) -> nn.Module | None:
+    """What a folded BatchNorm becomes: nothing, or the dropout and activation a norm-act layer
+    applies after normalising; None for a subclass whose forward edgekd does not know."""
+    if type(bn) in (nn.BatchNorm2d, nn.SyncBatchNorm):
+        return nn.Identity()
+    if type(bn).__name__ == "BatchNormAct2d" and isinstance(getattr(bn, "act", None), nn.Module):
+        parts = [m for m in (getattr(bn, "drop", None), bn.act) if m is not None and not isinstance(m, nn.Identity)]
+        return nn.Sequential(*parts) if len(parts) > 1 else parts[0] if parts else nn.Identity()
+    return None
+
+
 def _pairs_by_trace(model: nn.Module) -> list[tuple[str, str]]:
-    graph = torch.fx.symbolic_trace(model).graph
+    graph = _NormsAsLeaves().trace(model)
     modules = dict(model.named_modules())
     pairs = []
     for node in graph.nodes:
@@ -34,6 +59,7 @@ def _pairs_by_trace(model: nn.Module) -> list[tuple[str, str]]:
             and source.op == "call_module"
             and isinstance(modules.get(source.target), nn.Conv2d)
             and len(source.users) == 1
+            and after_norm(modules[node.target]) is not None
         ):
             pairs.append((source.target, node.target))
     return pairs
@@ -45,7 +71,7 @@ def _pairs_in_sequences(model: nn.Module) -> list[tuple[str, str]]:
         if isinstance(module, nn.Sequential):
             children = list(module.named_children())
             for (a, first), (b, second) in zip(children, children[1:]):
-                if isinstance(first, nn.Conv2d) and isinstance(second, nn.BatchNorm2d):
+                if isinstance(first, nn.Conv2d) and isinstance(second, nn.BatchNorm2d) and after_norm(second) is not None:
                     prefix = f"{name}." if name else ""
                     pairs.append((prefix + a, prefix + b))
     return pairs
@@ -101,5 +127,5 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
         # shift, which training the BatchNorm network would update, so QAT trains it too
         fused.bias.requires_grad_(fused.weight.requires_grad)
         _set(model, conv_name, fused)
-        _set(model, bn_name, nn.Identity())
+        _set(model, bn_name, after_norm(bn))
     return model, len(pairs)

@@ -113,14 +113,16 @@ def _check_export(model: nn.Module, ctx: StageContext, path: Path, precision: st
     rounding), so it is not that model; its agreement is recorded, and its accuracy, measured on it
     right after, is what the accuracy budget judges."""
     export = ctx.profile.export
-    atol = export.int8_atol if precision == "int8" else export.atol
-    parity = check_parity(model, path, ctx.example, atol)
-    agreement_needed = export.min_top1_agreement if precision == "int8" else 0.0
-    if enforce and (not parity.ok or parity.top1_agreement < agreement_needed):
+    int8 = precision == "int8"
+    atol = export.int8_atol if int8 else export.atol
+    parity = check_parity(model, path, ctx.example, atol, rtol=export.int8_rtol if int8 else 0.0)
+    agreement_needed = export.min_top1_agreement if int8 else 0.0
+    if enforce and (not parity.ok or parity.decided_agreement < agreement_needed):
         raise ExportMismatch(
             f"{stage}: the exported {precision.upper()} file {path.name} disagrees with the model it came from: "
-            f"max |logit difference| {parity.max_abs_diff:.3g} (tolerance {atol:g}), top-1 agreement "
-            f"{100 * parity.top1_agreement:.1f}% (needed {100 * agreement_needed:.0f}%)")
+            f"max |logit difference| {parity.max_abs_diff:.3g} (tolerance {parity.atol:.3g}), top-1 agreement "
+            f"{100 * parity.decided_agreement:.1f}% on the {parity.decided} of {parity.samples} images that are no "
+            f"near tie (needed {100 * agreement_needed:.0f}%)")
     return parity.as_dict()
 
 
