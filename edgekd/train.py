@@ -321,6 +321,34 @@ def fit(
 
 
 @torch.no_grad()
+def recalibrate_norms(model: nn.Module, dataset: Dataset, batch_size: int = 64) -> int:
+    """Re-estimate every BatchNorm's running mean and variance on `dataset` (a cumulative average,
+    no training), leaving the model in eval mode; returns the BatchNorms re-estimated. After a
+    pruning step a layer reads fewer channels, so the statistics of the BatchNorm after it describe
+    outputs it no longer makes; a student that trains with frozen statistics needs them measured
+    again first."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative: every batch counts the same
+    model.eval()
+    for m in norms:
+        m.train()
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    try:
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            model(batch[0].to(device))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.eval()
+    return len(norms)
+
+
+@torch.no_grad()
 def predict(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels over a whole split (in order)."""
     model.eval()

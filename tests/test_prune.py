@@ -48,3 +48,22 @@ def test_pruning_by_macs_stops_at_the_goal(test_images):
     after = prune_until(model, pruner, test_images, 0.5 * before)
     assert 0.3 * before < after <= 0.5 * before
     assert model(test_images[:2]).shape == (2, 10)
+
+
+def test_batchnorm_statistics_are_measured_again_after_a_pruning_step(fashion_slice):
+    """A pruned layer's BatchNorm is re-estimated on training images before a frozen-norm student
+    recovers: its running mean becomes the mean of what the convolution now outputs."""
+    from edgekd.data import stratified_subset
+    from edgekd.train import recalibrate_norms
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU())
+    net[1].running_mean.fill_(100.0)
+    net[1].running_var.fill_(1e-4)
+    images = stratified_subset(fashion_slice.train, 512, 0)
+    assert recalibrate_norms(net, images, batch_size=64) == 1
+    assert not net.training and net[1].momentum == 0.1
+    with torch.no_grad():
+        outputs = net[0](torch.stack([images[i][0] for i in range(len(images))]))
+    assert torch.allclose(net[1].running_mean, outputs.mean((0, 2, 3)), atol=1e-4)
+    assert torch.allclose(net[1].running_var, outputs.var((0, 2, 3)), rtol=0.05)

@@ -17,7 +17,9 @@ from edgekd.losses import DistillationObjective
 from edgekd.metrics import count
 from edgekd.runfolder import atomic_torch_save
 from edgekd.stages import StageContext
-from edgekd.train import TrainPlan, fit
+from edgekd.train import TrainPlan, fit, recalibrate_norms
+
+RECALIBRATION_IMAGES = 2048  # training images the BatchNorm statistics are re-estimated on after a step
 
 
 def resume_progress(model: nn.Module, ctx: StageContext) -> tuple[nn.Module, dict | None]:
@@ -134,11 +136,17 @@ def _plan(ctx: StageContext, seed: int, epochs: int | None = None) -> TrainPlan:
         epochs=epochs or cfg.epochs_per_step, lr=cfg.lr, weight_decay=ctx.profile.distill.weight_decay,
         batch_size=ctx.profile.data.batch_size, seed=seed, warmup=0.1,
         workers=ctx.profile.data.workers, fast_math=ctx.profile.mixed_precision, min_steps=cfg.min_steps_per_step,
+        frozen_norm=ctx.profile.distill.frozen_norm,
     )
 
 
 def recover(model: nn.Module, ctx: StageContext, step: int, label: str) -> list[float]:
-    """Distillation from the teacher after a pruning step; the epoch losses."""
+    """Distillation from the teacher after a pruning step; the epoch losses. A student whose
+    BatchNorm statistics stay frozen while it trains (`[distill] frozen_norm`, a pretrained one)
+    has them re-estimated on training images first: with batch statistics instead, one recovery
+    epoch took the clip-art example's pruned Lite0 to 37.7% (docs/transfer.md)."""
+    if ctx.profile.distill.frozen_norm:
+        recalibrate_norms(model, stratified_subset(ctx.data.train, RECALIBRATION_IMAGES, ctx.profile.seed + step))
     objective = DistillationObjective(ctx.teacher, ctx.profile.distill, ctx.teacher_logits).with_input_shape(ctx.data.input_shape)
     model.zero_grad(set_to_none=True)
     return fit(model, objective, ctx.data.train, _plan(ctx, ctx.profile.seed + step + 1), label=label).epoch_losses
