@@ -23,7 +23,7 @@ from edgekd.config import TARGETS_DIR, Target
 from edgekd.models import create_model
 from edgekd.runfolder import LOCK, OWNER
 from tests.conftest import edgekd
-from tests.test_bad_input_2 import SIZE, _data, _one_error_line, _profile, _teacher
+from tests.test_bad_input_nothing_lost import SIZE, _data, _one_error_line, _profile, _teacher
 
 BAD_INPUT = 2
 

@@ -17,7 +17,7 @@ import pytest
 from edgekd.cli import run
 from edgekd.config import TARGETS_DIR
 from tests.conftest import REPO, edgekd
-from tests.test_bad_input_2 import (
+from tests.test_bad_input_nothing_lost import (
     BAD_INPUT, ENVIRONMENT, SIZE, _checksums, _compress, _data, _one_error_line, _png, _profile, _teacher,
 )
 
