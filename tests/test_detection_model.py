@@ -149,3 +149,16 @@ def test_lite0_teacher_backbone_takes_the_imagenet_weights():
     assert torch.equal(model.backbone.body.conv_stem.weight, state["_conv_stem.weight"])
     with pytest.raises(ValueError, match="efficientnet_lite0"):
         build_detector(student_spec(5), path)
+
+
+def test_torch_pruning_shrinks_the_detector_and_keeps_its_output_layout():
+    import torch_pruning as tp
+
+    model = build_detector(student_spec(5)).eval()
+    x = torch.rand(1, 3, SIZE, SIZE)
+    before = count(model, x)[0]
+    pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.5,
+                                  ignored_layers=[model.cls_out, model.box_out, model.ctr_out])
+    pruner.step()
+    assert count(model, x)[0] < 0.4 * before
+    assert model(x).shape == (1, 5 + 5, SIZE // STRIDE, SIZE // STRIDE)
