@@ -53,11 +53,11 @@ def test_the_uncalibrated_estimate_is_the_form_its_error_was_measured_with(tmp_p
 
     path = tmp_path / "mbv2.onnx"
     export_onnx(torchvision.models.mobilenet_v2(num_classes=10).eval(), torch.zeros(1, 3, 64, 64), path)
-    orin = load_target("jetson-orin-nano")
-    assert orin.calibration is None
-    latency, _ = estimate_latency(path, orin, 1)
+    gpu = load_target("server-gpu")  # TensorRT, uncalibrated: its float layers run in FP16
+    assert gpu.calibration is None
+    latency, _ = estimate_latency(path, gpu, 1)
     features, _ = graph_features(path, 1, precision="fp16")
-    point = Point("mbv2", "mobilenet_v2", "fp16", latency.p50, features, orin.hardware)
+    point = Point("mbv2", "mobilenet_v2", "fp16", latency.p50, features, gpu.hardware)
     assert roofline_ms(point) == pytest.approx(latency.p50, rel=1e-9)
     assert (latency.p50_low, latency.p50_high) == pytest.approx((latency.p50 / ROOFLINE_ERROR[1],
                                                                  latency.p50 / ROOFLINE_ERROR[0]))
@@ -180,3 +180,54 @@ def test_layer_kinds_follow_the_convolution_shape():
     pool = helper.make_node("GlobalAveragePool", ["x"], ["y"])
     add = helper.make_node("Add", ["x", "x"], ["y"])
     assert [layer_kind(n, shapes) for n in (dw, pw, dense, pool, add)] == ["depthwise", "pointwise", "conv", "pool", "memory"]
+
+
+JETSON_DEVICES = {"agx-orin-64gb": "jetson-agx-orin", "orin-nx-16gb": "jetson-orin-nx", "orin-nano-super": "jetson-orin-nano"}
+
+
+def test_the_jetson_check_error_is_the_one_the_docs_state():
+    """Recomputed from published.csv, its features and each Jetson target's shipped [calibration]:
+    the estimated / measured ratios on the check families (ResNet-50, SSD-MobileNet-v1), per target,
+    must be the docs' table, and the targets' interval must cover every published Orin point."""
+    import csv
+    import re
+    import tomllib
+
+    from edgekd.config import Hardware
+    from edgekd.measure.calibrate import Features, Point, error_of, ratios
+
+    root = Path(__file__).resolve().parents[1]
+    folder = root / "edgekd" / "targets" / "calibration"
+    with open(folder / "published_features.csv", newline="") as fh:
+        features = {(r["model"], r["input"], r["precision"]): Features.from_dict(r) for r in csv.DictReader(fh)}
+    devices = tomllib.loads((folder / "devices.toml").read_text())
+    with open(folder / "published.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["device"] in JETSON_DEVICES]
+    assert {r["split"] for r in rows} == {"fit", "check"}
+    fit_families = {r["family"] for r in rows if r["split"] == "fit"}
+    assert not fit_families & {r["family"] for r in rows if r["split"] == "check"}  # split by family
+
+    docs = (root / "docs" / "latency_estimate.md").read_text()
+    every, checked = [], 0
+    for device, name in JETSON_DEVICES.items():
+        calibration = load_target(name).calibration
+        assert calibration is not None and calibration.int8 is not None
+        effs = {p: getattr(calibration, p) for p in ("int8", "fp16") if getattr(calibration, p) is not None}
+        for split in ("check", "fit"):
+            for precision in ("int8", "fp16"):
+                mine = [r for r in rows if (r["device"], r["split"], r["precision"]) == (device, split, precision)]
+                if not mine:
+                    continue
+                points = [Point(r["model"], r["family"], precision, float(r["latency_ms"]),
+                                features[(r["model"], r["input"], precision)], Hardware(**devices[device])) for r in mine]
+                values = ratios(points, effs)
+                every += values
+                err = error_of(values)
+                line = (f"| {name} | {split} | {precision} | {err.points} | {err.median:.2f}x | {err.worst:.2f}x | "
+                        f"{err.low:.2f} - {err.high:.2f} |")
+                assert line in docs, line
+                checked += split == "check"
+        assert re.search(rf"\| {name} \| check \| int8 \|", docs) or name == "jetson-orin-nano"
+    assert checked == 2  # the AGX Orin and the Orin NX have check rows; the Orin Nano has none
+    shipped = load_target("jetson-agx-orin").calibration.error
+    assert (shipped.low, shipped.high, shipped.points) == (round(min(every), 3), round(max(every), 3), len(every))
