@@ -68,6 +68,31 @@ def conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn.
                          nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
+class CalledList(nn.ModuleList):
+    """A ModuleList that is called as a module, each member on its own input, or in a chain.
+
+    NNCF names an operation by the modules called on the way to it, each by its name in the last
+    one called. A plain ModuleList is indexed, never called, so its members' operations would be
+    named as if they sat in the ModuleList's parent ("backbone/0/0/conv2d/2" for
+    backbone.stages.2.0.0), and `edgekd.stages.quantize._weight_quantizers`, which reads a module
+    path out of that name, cannot find the weight (strip_to_qdq fails). Calling the list puts its
+    name on the stack; the state dict is a ModuleList's."""
+
+    def forward(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Member i on inputs[i]."""
+        return [module(x) for module, x in zip(self, inputs)]
+
+
+class Chain(CalledList):
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each member on the last one's output; every output, in order."""
+        outputs = []
+        for module in self:
+            x = module(x)
+            outputs.append(x)
+        return outputs
+
+
 class TinyBackbone(nn.Module):
     """Two 3x3 conv-BN-ReLU per stage, the first with stride 2; features at strides 8, 16, 32.
     Dense convolutions rather than depthwise: ONNX Runtime's INT8 kernels run them faster per MAC."""
@@ -80,16 +105,11 @@ class TinyBackbone(nn.Module):
         for c_out in stages:
             blocks.append(nn.Sequential(conv_bn_relu(c_in, c_out, stride=2), conv_bn_relu(c_out, c_out)))
             c_in = c_out
-        self.stages = nn.ModuleList(blocks)
+        self.stages = Chain(blocks)
         self.channels = list(stages[-3:])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(x)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features[-3:]
+        return self.stages(self.stem(x))[-3:]
 
 
 class TimmBackbone(nn.Module):
@@ -123,7 +143,7 @@ class Detector(nn.Module):
         else:
             raise ValueError(f"unknown detector backbone {spec.backbone!r}; known: 'tiny', 'efficientnet_lite0'")
         w = spec.width
-        self.lateral = nn.ModuleList(conv_bn_relu(c, w, kernel=1) for c in self.backbone.channels)
+        self.lateral = CalledList(conv_bn_relu(c, w, kernel=1) for c in self.backbone.channels)
         self.smooth = conv_bn_relu(w, w)
         self.cls_tower = nn.Sequential(*(conv_bn_relu(w, w) for _ in range(spec.head_convs)))
         self.box_tower = nn.Sequential(*(conv_bn_relu(w, w) for _ in range(spec.head_convs)))
@@ -138,10 +158,9 @@ class Detector(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The stride-8 neck map, `[B, width, H/8, W/8]`: what feature distillation imitates."""
-        c3, c4, c5 = self.backbone((x - self.mean) / self.std)
-        p5 = self.lateral[2](c5)
-        p4 = self.lateral[1](c4) + F.interpolate(p5, scale_factor=2.0, mode="nearest")
-        p3 = self.lateral[0](c3) + F.interpolate(p4, scale_factor=2.0, mode="nearest")
+        l3, l4, p5 = self.lateral(self.backbone((x - self.mean) / self.std))
+        p4 = l4 + F.interpolate(p5, scale_factor=2.0, mode="nearest")
+        p3 = l3 + F.interpolate(p4, scale_factor=2.0, mode="nearest")
         return self.smooth(p3)
 
     def head(self, feature: torch.Tensor) -> torch.Tensor:

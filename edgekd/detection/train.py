@@ -128,9 +128,10 @@ class DetectionObjective(nn.Module):
 
 
 def train_detector(model: nn.Module, objective: nn.Module, dataset: DetectionSet, plan: TrainPlan, *,
-                   label: str, flip: bool = True, **fit_options) -> TrainLog:
+                   label: str, flip: bool = True, after_backward=None, **fit_options) -> TrainLog:
     """Train `model` in place on `dataset` (labels, or a teacher through `edgekd.detection.distill`);
-    `fit_options` go to `edgekd.train.fit` (checkpoint, fingerprint)."""
+    `fit_options` go to `edgekd.train.fit` (checkpoint, fingerprint). `after_backward()` runs after
+    each backward pass, before the gradients are clipped (QAT's `edgekd.fold.precondition_folded`)."""
     if plan.augment:
         raise ValueError(f"detection training flips in its data set (flip=True); plan.augment {plan.augment} "
                          "would move the pixels but not the boxes")
@@ -139,6 +140,8 @@ def train_detector(model: nn.Module, objective: nn.Module, dataset: DetectionSet
     parameters = [p for p in (*model.parameters(), *objective.parameters()) if p.requires_grad]
 
     def clip() -> None:
+        if after_backward is not None:
+            after_backward()
         torch.nn.utils.clip_grad_norm_(parameters, GRAD_CLIP)
 
     return fit(model, objective, padded, replace(plan, augment=()), label=label, after_backward=clip, **fit_options)
