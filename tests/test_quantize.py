@@ -198,12 +198,12 @@ def test_7_bit_weights_export_within_63_and_follow_the_fake_quantized_model(trai
                                                                             test_images, tmp_path):
     quantized = quantize_with_nncf(trained_student, fashion_slice.train, 256, ActivationScheme.ASYMMETRIC, weight_bits=7)
     with torch.no_grad():  # as QAT may: ranges that shrink below some weights, which must then be clipped
-        for quantizer, _ in _weight_quantizers(quantized):
+        for quantizer, _ in _weight_quantizers(quantized, test_images):
             quantizer.scale.mul_(0.7)
     path = store_int8_weights(export_onnx(strip_to_qdq(quantized, test_images), test_images, tmp_path / "q7.onnx"))
     weights = [onnx.numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer
                if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2]
-    assert len(weights) == len(list(_weight_quantizers(quantized))) >= 3
+    assert len(weights) == len(_weight_quantizers(quantized, test_images)) >= 3
     assert max(int(np.abs(w).max()) for w in weights) == 63
     expected = quantized.eval()(test_images).detach().numpy()
     actual = OnnxRuntimeRunner(path).run(test_images.numpy())
@@ -248,3 +248,28 @@ def test_a_pretrained_depthwise_network_folds_its_norm_act_layers_and_exports_in
     assert placement.outputs_quantized == [] and placement.inputs_quantized == []
     parity = check_parity(quantized, path, images[128:], atol=INT8_LOGIT_TOLERANCE, rtol=0.05)
     assert parity.ok and parity.decided > 0 and parity.decided_agreement >= 0.98, parity
+
+
+def test_weight_quantizers_are_found_in_a_list_of_layers_nncf_names_without_its_place(fashion_slice, test_images):
+    """NNCF names an op by the modules called on the way to it: the members of a ModuleList, called
+    in a loop, lose their list's name and index. edgekd finds each weight's quantizer by what it
+    is handed, so every convolution's weight is found, and it is the right one."""
+
+    class Stacked(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1),
+                                               torch.nn.Conv2d(8, 16, 3, stride=2)])
+            self.head = torch.nn.Linear(16, 10)
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = torch.relu(block(x))
+            return self.head(x.mean((2, 3)))
+
+    torch.manual_seed(0)
+    quantized = quantize_with_nncf(Stacked().eval(), fashion_slice.train, 64, ActivationScheme.ASYMMETRIC)
+    found = _weight_quantizers(quantized, test_images)
+    layers = [m for m in quantized.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert sorted(id(w) for _, w in found) == sorted(id(m.weight) for m in layers)
+    assert all(q.scale_shape[0] == w.shape[0] for q, w in found)

@@ -74,9 +74,8 @@ class CalledList(nn.ModuleList):
     NNCF names an operation by the modules called on the way to it, each by its name in the last
     one called. A plain ModuleList is indexed, never called, so its members' operations would be
     named as if they sat in the ModuleList's parent ("backbone/0/0/conv2d/2" for
-    backbone.stages.2.0.0), and `edgekd.stages.quantize._weight_quantizers`, which reads a module
-    path out of that name, cannot find the weight (strip_to_qdq fails). Calling the list puts its
-    name on the stack; the state dict is a ModuleList's."""
+    backbone.stages.2.0.0). Calling the list puts its name on the stack, so NNCF's op names and
+    the exported ONNX node names say where each op is; the state dict is a ModuleList's."""
 
     def forward(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Member i on inputs[i]."""

@@ -84,30 +84,39 @@ def quantize_with_nncf(model: nn.Module, calibration: torch.utils.data.Dataset, 
     elif scheme is ActivationScheme.ASYMMETRIC:
         pin_zero_points(quantized)
     if (weight_bits or int8_weight_bits()) == 7:
-        halve_weight_ranges(quantized)
+        halve_weight_ranges(quantized, next(iter(loader))[0])
     return quantized
 
 
-def _weight_quantizers(quantized: nn.Module):
-    """(quantizer, the weight it quantizes) for each of NNCF's weight quantizers: NNCF hooks them
-    on input 1 (the weight) of a module's op, named like `pre_hooks.body/0/conv2d/0__1.0`."""
+@torch.no_grad()
+def _weight_quantizers(quantized: nn.Module, example: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor]]:
+    """(quantizer, the weight it quantizes) for each of NNCF's weight quantizers, found by running
+    `example` and seeing which parameter each quantizer is handed. Not from the hook's name
+    (`pre_hooks.body/0/conv2d/0__1.0`): NNCF names an op only by the modules called on the way to
+    it, so a ModuleList's members lose their place, and the parsed path can name another module
+    (issue 27's detector crashed there)."""
     from nncf.torch.quantization.layers import SymmetricQuantizer
 
-    for name, module in quantized.named_modules():
-        if not isinstance(module, SymmetricQuantizer) or ".pre_hooks." not in f".{name}":
-            continue
-        op, port = name.split("pre_hooks.", 1)[1].rsplit(".", 1)[0].rsplit("__", 1)
-        owner = quantized.get_submodule(".".join(op.split("/")[:-2]))
-        weight = getattr(owner, "weight", None)
-        if port == "1" and isinstance(weight, torch.Tensor) and weight.shape[0] == module.scale_shape[0]:
-            yield module, weight
+    weights = {id(p): p for p in quantized.parameters() if p.dim() > 1}
+    seen: dict[nn.Module, torch.Tensor] = {}
+    handles = [module.register_forward_pre_hook(
+        lambda m, args: seen.setdefault(m, args[0]) if args and id(args[0]) in weights else None)
+        for module in quantized.modules() if isinstance(module, SymmetricQuantizer)]
+    training = quantized.training
+    try:
+        quantized.eval()(example[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+        quantized.train(training)
+    return [(module, weight) for module, weight in seen.items() if weight.shape[0] == module.scale_shape[0]]
 
 
-def halve_weight_ranges(quantized: nn.Module) -> int:
+def halve_weight_ranges(quantized: nn.Module, example: torch.Tensor) -> int:
     """Quantize every weight to 7 bits (+-63, the range NNCF's overflow fix uses) with the
     calibrated range kept: QAT trains with it, and the exported INT8 weights stay within +-63."""
     halved = 0
-    for quantizer, _ in _weight_quantizers(quantized):
+    for quantizer, _ in _weight_quantizers(quantized, example):
         quantizer._half_range = True
         quantizer.set_levels()
         halved += 1
@@ -115,10 +124,10 @@ def halve_weight_ranges(quantized: nn.Module) -> int:
 
 
 @torch.no_grad()
-def clamp_to_weight_ranges(quantized: nn.Module) -> None:
+def clamp_to_weight_ranges(quantized: nn.Module, example: torch.Tensor) -> None:
     """Clip each weight to its quantizer's range before the native strip: the 7-bit quantizer
     clips there, but the exported 8-bit QuantizeLinear (same step, +-127) would not."""
-    for quantizer, weight in _weight_quantizers(quantized):
+    for quantizer, weight in _weight_quantizers(quantized, example):
         if quantizer.is_half_range:
             high = (abs(quantizer.scale) + quantizer.eps).reshape(weight.shape[0], *[1] * (weight.dim() - 1))
             weight.copy_(torch.maximum(torch.minimum(weight, high), -high))
@@ -161,7 +170,7 @@ def strip_to_qdq(quantized: nn.Module, example: torch.Tensor) -> nn.Module:
     import nncf
 
     quantized = copy.deepcopy(quantized)
-    clamp_to_weight_ranges(quantized)
+    clamp_to_weight_ranges(quantized, example)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return nncf.strip(quantized.eval(), do_copy=False, strip_format=nncf.StripFormat.NATIVE,
