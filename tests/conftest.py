@@ -56,3 +56,14 @@ def smoke_run(tmp_path_factory, cache_dir) -> tuple[Path, dict, subprocess.Compl
 
     assert done.returncode == exit_code(report["budget"])
     return run_dir, report, done
+
+
+@pytest.fixture(scope="session")
+def detection_splits(tmp_path_factory) -> dict:
+    """40 synthetic detection images at 96 px (clip art on real backgrounds, edgekd.detection.data),
+    read back from their COCO files: the train and val splits."""
+    from edgekd.detection.data import make_synthetic, read_coco
+
+    root = make_synthetic(tmp_path_factory.mktemp("det"), n_images=40, image_size=96, seed=0).root
+    return {s: read_coco(root / "coco" / s, root / "coco" / f"instances_{s}.json", image_size=96)[0]
+            for s in ("train", "val")}

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from edgekd.config import ActivationScheme
-from edgekd.detection.data import make_synthetic, read_coco
 from edgekd.detection.evaluate import evaluate, evaluate_runner
 from edgekd.detection.model import DetectorSpec, build_detector
 from edgekd.detection.quantize import calibration_array, export_int8, quantize_detector
@@ -13,15 +12,13 @@ from edgekd.detection.train import DetectionObjective, train_detector
 from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner
 from edgekd.train import TrainPlan
 
-SIZE = 96
+SIZE = 96  # the detection_splits fixture's (tests/conftest.py)
 SPEC = DetectorSpec(5, width=24, head_convs=1, tiny_widths=(8, 12, 24, 48, 64))
 
 
 @pytest.fixture(scope="module")
-def splits(tmp_path_factory):
-    root = make_synthetic(tmp_path_factory.mktemp("det8"), n_images=40, image_size=SIZE, seed=0).root
-    return {s: read_coco(root / "coco" / s, root / "coco" / f"instances_{s}.json", image_size=SIZE)[0]
-            for s in ("train", "val")}
+def splits(detection_splits):
+    return detection_splits
 
 
 @pytest.fixture(scope="module")

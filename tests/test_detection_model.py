@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from edgekd.detection.data import make_synthetic, read_coco
 from edgekd.detection.evaluate import evaluate, evaluate_runner
 from edgekd.detection.model import (
     STRIDE,
@@ -23,15 +22,13 @@ from edgekd.detection.train import DetectionObjective, PaddedTargets, assign_tar
 from edgekd.metrics import count
 from edgekd.train import TrainPlan
 
-SIZE = 96
+SIZE = 96  # the detection_splits fixture's (tests/conftest.py)
 PLAN = TrainPlan(epochs=4, lr=0.05, weight_decay=5e-4, batch_size=8, seed=0)
 
 
 @pytest.fixture(scope="module")
-def splits(tmp_path_factory):
-    root = make_synthetic(tmp_path_factory.mktemp("det"), n_images=40, image_size=SIZE, seed=0).root
-    return {s: read_coco(root / "coco" / s, root / "coco" / f"instances_{s}.json", image_size=SIZE)[0]
-            for s in ("train", "val")}
+def splits(detection_splits):
+    return detection_splits
 
 
 @pytest.fixture(scope="module")
