@@ -87,6 +87,11 @@ def compress(
         saved = saved_options(resume)
         given = {k: (v if v is not None else saved.get(k)) for k, v in given.items()}
         run_dir = resume
+        if cache_dir is None and saved.get("cache_dir") is not None:  # given (or EDGEKD_CACHE_DIR) wins
+            if not isinstance(saved["cache_dir"], str):
+                raise _bad(f"{resume / 'options.json'}: cache_dir is not a path")
+            cache_dir = Path(saved["cache_dir"])
+        measure_here = measure_here or saved.get("measure_here") is True
     options = CompressOptions(
         target=given["target"] or "jetson-orin",
         profile=given["profile"] or "default",

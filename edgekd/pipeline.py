@@ -78,6 +78,10 @@ class CompressOptions:
             "teacher": self.teacher.path_or_name, "teacher_arch": self.teacher.arch,
             "teacher_weights": self.teacher.weights, "student": self.student, "width": self.width,
             "student_weights": self.student_weights, "seed": self.seed, "device": self.device,
+            # so that `--resume RUN_DIR` alone finds the teacher where this run cached it, and labels
+            # latency as this run did
+            "cache_dir": str(Path(self.cache_dir).absolute()) if self.cache_dir is not None else None,
+            "measure_here": self.measure_here,
         }
 
 

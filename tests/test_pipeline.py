@@ -208,3 +208,6 @@ def test_a_pretrained_student_with_a_new_head_learns_its_head_once(tmp_path, cac
     assert again.returncode == done.returncode, again.stderr[-3000:]
     said = again.stdout + again.stderr
     assert "distill: complete" in said and "new head" not in said
+    # `--resume` alone uses the run's --cache-dir: its teacher is found there, not trained again
+    assert json.loads((run_dir / "options.json").read_text())["cache_dir"] == str(cache_dir.absolute())
+    assert "teacher: cached" in said and str(cache_dir) in said.replace("\n", "")
