@@ -99,9 +99,13 @@ def _weight_quantizers(quantized: nn.Module, example: torch.Tensor) -> list[tupl
 
     weights = {id(p): p for p in quantized.parameters() if p.dim() > 1}
     seen: dict[nn.Module, torch.Tensor] = {}
-    handles = [module.register_forward_pre_hook(
-        lambda m, args: seen.setdefault(m, args[0]) if args and id(args[0]) in weights else None)
-        for module in quantized.modules() if isinstance(module, SymmetricQuantizer)]
+
+    def note(quantizer: nn.Module, args: tuple) -> None:  # returns None: the input is left as it is
+        if args and id(args[0]) in weights:
+            seen.setdefault(quantizer, args[0])
+
+    handles = [module.register_forward_pre_hook(note) for module in quantized.modules()
+               if isinstance(module, SymmetricQuantizer)]
     training = quantized.training
     try:
         quantized.eval()(example[:1])
