@@ -68,10 +68,11 @@ def compress(
     device: Annotated[Optional[str], typer.Option(help="Where training runs: auto (CUDA when available), cpu, cuda or cuda:N. [default: auto]")] = None,
     measure_here: Annotated[bool, typer.Option(help="Time every stage on this machine even when it is not the target's device; the report and verdict say 'measured on <this machine>, not on <target device>'.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into --run-dir even if it holds an earlier run or other files (an earlier report is renamed report.previous.json).")] = False,
+    task: Annotated[Optional[Task], typer.Option(help="classify (ImageFolder classifiers) or detect (COCO or YOLO detectors, judged by mAP). [default: classify; a resumed run's own]")] = None,
 ) -> None:
     """Run teacher -> distill -> prune -> QAT -> export -> verify, and check the student against the target's budget.
 
-    Exit codes: 0 budget met, 3 budget missed, 2 bad input, 5 disk or environment, 130 interrupted.
+    Exit codes: 0 budget met, 3 budget missed, 6 not shown, 2 bad input, 5 disk or environment, 130 interrupted.
     """
     from edgekd.pipeline import CompressOptions, compress as run_compress, saved_options
     from edgekd.stages.teacher import TeacherSource
@@ -81,10 +82,15 @@ def compress(
         "teacher_arch": teacher_arch, "teacher_weights": teacher_weights, "student": student, "width": width,
         "student_weights": student_weights, "seed": seed, "device": device,
     }
+    saved: dict = {}
     if resume is not None:
         if run_dir is not None and run_dir != resume:
             raise _bad("--resume and --run-dir name different folders; give one")
         saved = saved_options(resume)
+        saved_task = saved.get("task", "classify")
+        if task is not None and task.value != saved_task:
+            raise _bad(f"--task {task.value}: {resume} is a {saved_task} run")
+        task = Task(saved_task) if saved_task in ("classify", "detect") else None
         given = {k: (v if v is not None else saved.get(k)) for k, v in given.items()}
         run_dir = resume
         if cache_dir is None and saved.get("cache_dir") is not None:  # given (or EDGEKD_CACHE_DIR) wins
@@ -92,6 +98,8 @@ def compress(
                 raise _bad(f"{resume / 'options.json'}: cache_dir is not a path")
             cache_dir = Path(saved["cache_dir"])
         measure_here = measure_here or saved.get("measure_here") is True
+    if task is Task.DETECT:
+        _compress_detector(given, trust_torchscript, run_dir, resume, cache_dir, measure_here, overwrite)
     options = CompressOptions(
         target=given["target"] or "jetson-orin",
         profile=given["profile"] or "default",
@@ -117,6 +125,54 @@ def compress(
         print_report(result.report, result.run_dir)
     distributed.shutdown()
     raise typer.Exit(int(result.exit_code))
+
+
+class Task(str, enum.Enum):
+    CLASSIFY = "classify"
+    DETECT = "detect"
+
+
+def _compress_detector(given: dict, trust_torchscript: bool, run_dir, resume, cache_dir, measure_here: bool,
+                       overwrite: bool) -> None:
+    """`--task detect`: the detection chain (edgekd.detection.compress); classifier-only options are refused."""
+    from edgekd.detection.compress import DetectOptions, compress_detector
+
+    classifier_only = {"teacher_arch": "--teacher-arch", "teacher_weights": "--teacher-weights", "student": "--student",
+                       "width": "--width", "student_weights": "--student-weights", "device": "--device"}
+    given_only = [flag for key, flag in classifier_only.items() if given[key] is not None]
+    if trust_torchscript:
+        given_only.append("--trust-torchscript")
+    if given_only:
+        raise _bad(f"{', '.join(given_only)}: not for --task detect (its teacher is a detector file, its student "
+                   "the profile's)")
+    options = DetectOptions(target=given["target"] or "jetson-orin", profile=given["profile"] or "detect",
+                            data=given["data"], image_size=given["image_size"], teacher=given["teacher"],
+                            seed=given["seed"], run_dir=run_dir, cache_dir=cache_dir, measure_here=measure_here,
+                            resume=resume is not None, overwrite=overwrite)
+    with contextlib.redirect_stdout(sys.stderr):
+        result = compress_detector(options)
+    print_detection_report(result.report, result.run_dir)
+    raise typer.Exit(int(result.exit_code))
+
+
+def print_detection_report(report: dict, run_dir: Path) -> None:
+    table = listing.detection_table(report, listing.wants_box(out, None))
+    out.print(f"edgekd: {report['profile']} profile (detect) -> {report['target']['name']}", highlight=False, markup=False)
+    listing.print_table(out, table)
+    post = report["postprocess"]
+    out.print(f"post-processing: decode + NMS {post['p50_ms']:.3f} ms p50 per image, {post['source']}",
+              highlight=False, markup=False, soft_wrap=True)
+    for note in sorted({s["latency_note"] for s in report["stages"] if s.get("latency_note")}):
+        out.print(f"latency note: {note}", markup=False, highlight=False)
+    budget = report["budget"]
+    from edgekd.verify.latency_budget import latency_met
+
+    colour = "[yellow]" if budget.get("latency_state") == "NOT SHOWN" else "[green]" if latency_met(budget) else "[red]"
+    out.print(colour + escape(budget["verdict"]), highlight=False, soft_wrap=True)
+    state = budget["accuracy"]["state"]
+    out.print({"MET": "[green]", "NOT SHOWN": "[yellow]"}.get(state, "[red]") + escape(budget["accuracy"]["verdict"]),
+              highlight=False, soft_wrap=True)
+    out.print(f"run folder: {run_dir}", highlight=False, markup=False)
 
 
 def print_report(report: dict, run_dir: Path, boxed: bool | None = None) -> None:

@@ -437,6 +437,35 @@ class AccuracyConfig(Strict):
     not_shown: Literal["fail", "pass"] = "fail"
 
 
+class DetectConfig(Strict):
+    """`edgekd compress --task detect`: the detection chain's own settings. Its pruning, INT8 and
+    accuracy budget are the profile's [prune], [quantize] and [accuracy] sections, read in mAP
+    points (docs/detection.md)."""
+
+    image_size: Annotated[int, Field(ge=32, le=1024)] = 128  # square working size (a multiple of 32)
+    synthetic_images: Annotated[int, Field(ge=30)] = 600  # the offline default set: images made
+    metric: Literal["map50", "map"] = "map50"  # what [accuracy] max_drop is in: mAP@.5 or mAP@[.5:.95] points
+    bad_boxes: Literal["error", "drop"] = "error"  # a user's bad box: a one-line error, or dropped and counted
+    batch_size: PositiveInt = 16
+    teacher_epochs: PositiveInt = 16
+    teacher_lr: Positive = 0.05
+    epochs: PositiveInt = 16  # distillation
+    lr: Positive = 0.05
+    feature_weight: Annotated[float, Field(ge=0)] = 1.0  # neck feature imitation (foreground-weighted)
+    score_weight: Annotated[float, Field(ge=0)] = 1.0  # the teacher's class scores (quality focal loss)
+    weight_decay: Annotated[float, Field(ge=0)] = 5e-4
+    # a carve of the training images for every choice (QAT kept or not, pruning undone) where the
+    # data has no separate val/ and test/: the reported split is then the user's val/
+    choice_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.15
+    bootstrap_resamples: Annotated[int, Field(ge=50, le=10000)] = 400  # paired image bootstrap of the mAP drop
+
+    @model_validator(mode="after")
+    def _stride(self):
+        if self.image_size % 32:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of 32 (the backbone's stride)")
+        return self
+
+
 class Profile(Strict):
     name: SafeName
     description: str = ""
@@ -453,6 +482,7 @@ class Profile(Strict):
     quantize: QuantizeConfig = QuantizeConfig()
     export: ExportConfig = ExportConfig()
     accuracy: AccuracyConfig = AccuracyConfig()
+    detect: DetectConfig = DetectConfig()
 
     @property
     def arithmetic(self) -> tuple[str, ...]:

@@ -44,3 +44,12 @@ class EnvironmentProblem(EdgekdError):
 
 class Interrupted(EdgekdError):
     exit_code = ExitCode.INTERRUPTED
+
+
+def budget_exit_code(budget: dict) -> ExitCode:
+    """A finished run's exit code from its report's budget: MET 0, MISSED 3, NOT SHOWN 6 (0 where
+    the profile says `[accuracy] not_shown = "pass"`)."""
+    state = budget.get("state") or ("MET" if budget["met"] else "MISSED")  # reports from before the three states
+    if state == "MET" or (state == "NOT SHOWN" and budget.get("not_shown_passes")):
+        return ExitCode.OK
+    return ExitCode.NOT_SHOWN if state == "NOT SHOWN" else ExitCode.BUDGET_MISSED

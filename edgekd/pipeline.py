@@ -20,7 +20,7 @@ from torch import nn
 from edgekd import __version__, checkpoints, distributed
 from edgekd.config import Profile, fingerprint, load_profile, load_target
 from edgekd.data import DataBundle, load_data
-from edgekd.errors import EdgekdError, ExitCode, Interrupted
+from edgekd.errors import EdgekdError, ExitCode, Interrupted, budget_exit_code
 from edgekd.verify.accuracy_budget import accuracy_floor, accuracy_verdict, pack_hits
 from edgekd.verify.latency_budget import budget_verdict, latency_met, p50_state
 from edgekd.metrics import count
@@ -528,10 +528,7 @@ def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, da
 
 def exit_code(budget: dict) -> ExitCode:
     """MET 0, MISSED 3, NOT SHOWN 6 (0 where the profile says `[accuracy] not_shown = "pass"`)."""
-    state = budget.get("state") or ("MET" if budget["met"] else "MISSED")  # reports from before the three states
-    if state == "MET" or (state == "NOT SHOWN" and budget.get("not_shown_passes")):
-        return ExitCode.OK
-    return ExitCode.NOT_SHOWN if state == "NOT SHOWN" else ExitCode.BUDGET_MISSED
+    return budget_exit_code(budget)
 
 
 def budget_fit(report: dict) -> dict | None:

@@ -152,8 +152,9 @@ class RunFolder:
         }
         atomic_write_json(self._marker(stage), marker)
 
-    def completed(self, stage: str, fingerprint: str) -> dict | None:
-        """The stage's record if it completed with this fingerprint and its files are intact."""
+    def completed(self, stage: str, fingerprint: str, needs: str = "test_correct") -> dict | None:
+        """The stage's record if it completed with this fingerprint and its files are intact, and the
+        record holds `needs` (the per-image results the verdict reads)."""
         marker = self._marker(stage)
         if not marker.is_file():
             return None
@@ -161,7 +162,7 @@ class RunFolder:
             done = json.loads(marker.read_text())
         except (OSError, json.JSONDecodeError):
             return None
-        if done.get("fingerprint") != fingerprint or "test_correct" not in done.get("record", {}):
+        if done.get("fingerprint") != fingerprint or needs not in done.get("record", {}):
             return None  # another config, or an older edgekd's record without per-image test results
         for name, digest in done.get("files", {}).items():
             file = self.root / name

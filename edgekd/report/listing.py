@@ -182,3 +182,19 @@ def stage_table(report: dict, boxed: bool) -> tuple[Table, list[str]]:
     if any(stage["latency_ms"]["p99"] is None for stage in report["stages"]):
         notes.append("p99 -: an estimate has no p99 (not estimated)")
     return table, notes
+
+
+def detection_table(report: dict, boxed: bool) -> Table:
+    """`edgekd compress --task detect`'s table: mAP of each stage's file on the reported split."""
+    table = new_table(boxed)
+    table.add_column("stage", no_wrap=True, overflow="fold", min_width=8)
+    for column in ("mAP50", "mAP", "params", "MACs", "size", "p50 ms"):
+        table.add_column(column, justify="right", no_wrap=True, overflow="fold")
+    table.add_column("latency", no_wrap=True, overflow="fold")
+    for stage in report["stages"]:
+        lat, scores = stage["latency_ms"], stage["reported"]
+        table.add_row(stage["name"] + ("*" if stage.get("resumed") else ""), f"{scores['map50']:.2f}",
+                      f"{scores['map']:.2f}", f"{stage['params']:,}", _macs(stage["macs"]), _size(stage["size_bytes"]),
+                      f"{lat['p50']:.3f}", lat["source"] if stage.get("latency_on_target") or lat["source"] != "measured"
+                      else "off-device")
+    return table
