@@ -132,6 +132,8 @@ def test_a_users_coco_tree_with_train_and_val_is_judged_on_its_val(tmp_path, sce
     assert report["stages"][-1]["latency_ms"]["source"] == "estimated"  # mobile-cpu is not this machine
     assert "estimated" in report["budget"]["verdict"]
     assert (run / "student.int8.ort").is_file()  # the mobile target's deployable
+    shipped = report["shipped"]  # INT8 or FP32, by the estimate for the phone: said, with both figures
+    assert shipped["source"] == "estimated" and shipped["precision"] in ("int8", "fp32") and "FP32" in shipped["reason"]
 
 
 def test_a_users_yolo_tree_with_a_test_split_chooses_on_val_and_reports_test(tmp_path, scenes, teacher_file):

@@ -410,8 +410,16 @@ def _finish(ctx: _Run, records: list[dict], options: DetectOptions, seconds: flo
     fp32 = [r for r in records if r["precision"] == "fp32" and r["name"] != "teacher"][-1]
     atomic_write_bytes(run.path(FP32_ONNX), (run.root / fp32["onnx"]).read_bytes())
     artifacts = {"student_fp32_onnx": FP32_ONNX, "student_int8_onnx": int8["onnx"] if int8 else None}
-    budget = budget_verdict(target, final["latency_ms"], final["size_bytes"], final["latency_note"])
-    accuracy = map_verdict(ctx, records)
+    shipped, judged = None, final
+    if int8 is not None:  # INT8 or FP32, whichever runs faster on the target, and the runtime's own files
+        from edgekd.verify.ship import ship
+
+        shipped, judged, files = ship(run.root, target, fp32, final, options.measure_here)
+        artifacts.update(files)
+    budget = budget_verdict(target, judged["latency_ms"], judged["size_bytes"], judged["latency_note"])
+    if shipped and shipped["warning"]:
+        budget["verdict"] += f". {shipped['warning']}"
+    accuracy = map_verdict(ctx, [*records[:-1], judged] if judged is not final else records)
     budget["accuracy"] = accuracy
     budget["checks"]["accuracy"] = accuracy["state"] != "MISSED"
     latency_state = budget["state"]
@@ -443,8 +451,9 @@ def _finish(ctx: _Run, records: list[dict], options: DetectOptions, seconds: flo
         "profile": ctx.profile.name,
         "dataset": ctx.data.as_dict(),
         "stages": records,
-        "student": {"stage": final["name"], "onnx": final["onnx"]},
-        "postprocess": postprocess_latency(run.root / final["onnx"], ctx),
+        "student": {"stage": judged["name"], "onnx": judged["onnx"]},
+        "shipped": shipped,
+        "postprocess": postprocess_latency(run.root / judged["onnx"], ctx),
         "budget": budget,
         "tensorrt": tensorrt,
         "ort_format": ort_format,
