@@ -185,12 +185,17 @@ def test_compress_table_in_a_pipe_fits_80_columns(smoke_run):
 
 
 @pytest.fixture(scope="module")
-def mobile_run(tmp_path_factory, cache_dir) -> tuple[Path, dict]:
+def mobile_run(tmp_path_factory, cache_dir, smoke_run) -> tuple[Path, dict]:
+    """The session's smoke run re-judged for mobile-cpu (`--resume --target`): its stages are the
+    host run's (the same quantization scheme, tests/test_verdict.py), and the export for the new
+    target (the ORT file among it) is made as a fresh mobile run makes it, without training again."""
     run_dir = tmp_path_factory.mktemp("runs") / "smoke-mobile"
-    done = run_edgekd("compress", "--profile", "smoke", "--target", "mobile-cpu", "--run-dir", str(run_dir),
-                      "--cache-dir", str(cache_dir))
+    shutil.copytree(smoke_run[0], run_dir)
+    done = run_edgekd("compress", "--resume", str(run_dir), "--target", "mobile-cpu", "--cache-dir", str(cache_dir))
     assert done.returncode in (0, 3, 6), done.stderr[-3000:]
-    return run_dir, json.loads((run_dir / "report.json").read_text())
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["target"]["name"] == "mobile-cpu" and all(s["resumed"] for s in report["stages"])
+    return run_dir, report
 
 
 def test_mobile_run_writes_an_ort_file_that_agrees_with_the_onnx_student(mobile_run, test_images):

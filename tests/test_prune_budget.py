@@ -3,6 +3,7 @@ dependency graph cannot honour, and the recipe options (group norm, round_to, st
 
 from __future__ import annotations
 
+import copy
 import json
 import tomllib
 from pathlib import Path
@@ -49,6 +50,18 @@ def trained_student(data) -> tuple[nn.Module, float]:
     fit(model, CrossEntropyObjective(), data.train, TrainPlan(epochs=2, lr=0.2, weight_decay=5e-4, batch_size=128,
                                                                 seed=0), label="train")
     return model, accuracy(model, data.val)
+
+
+@pytest.fixture(scope="module")
+def trained_once(data) -> tuple[nn.Module, float]:
+    return trained_student(data)
+
+
+@pytest.fixture
+def trained(trained_once) -> tuple[nn.Module, float]:
+    """The trained smoke student (trained once for the module), a fresh copy for each test to prune."""
+    model, held = trained_once
+    return copy.deepcopy(model), held
 
 
 def student(width: float = 0.5) -> nn.Module:
@@ -135,8 +148,8 @@ def test_a_budget_pruning_cannot_reach_exits_3_naming_both_numbers(tmp_path, cac
     assert f"{fit['latency_ms']:.4g} ms" in line and "budget 0.01 ms" in line
 
 
-def test_budget_goal_backs_off_when_the_accuracy_floor_breaks(tmp_path, data):
-    model, held = trained_student(data)
+def test_budget_goal_backs_off_when_the_accuracy_floor_breaks(tmp_path, data, trained):
+    model, held = trained
     _, goal = pruned_latency(tmp_path, data, 0.5)
     target = load_target("mobile-cpu").model_copy(update={"budget": load_target("mobile-cpu").budget.model_copy(
         update={"latency_p50_ms": goal, "latency_p99_ms": None})})
@@ -154,8 +167,8 @@ def test_budget_goal_backs_off_when_the_accuracy_floor_breaks(tmp_path, data):
     assert f"{100 * ctx.accuracy_floor:.2f}%" in fit_record["message"]
 
 
-def test_ratio_goal_backs_off_when_the_accuracy_floor_breaks(tmp_path, data):
-    model, held = trained_student(data)
+def test_ratio_goal_backs_off_when_the_accuracy_floor_breaks(tmp_path, data, trained):
+    model, held = trained
     ctx = context(tmp_path, data, {"ratio": 0.5, "steps": 2}, floor=held - 0.005)
     params = count(model, ctx.example)[1]
     output = prune_to_ratio(model, ctx)
