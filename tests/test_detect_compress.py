@@ -109,6 +109,9 @@ def test_the_offline_default_runs_the_whole_chain_and_resumes_without_redoing_it
     resumed = _report(run)
     assert [s["reported"] for s in resumed["stages"]] == [s["reported"] for s in report["stages"]]
     assert resumed["budget"]["accuracy"]["drop_upper_points"] == accuracy["drop_upper_points"]
+    for command in (("report", str(run)), ("check", str(run / "report.json"), "--baseline", str(run / "report.json"))):
+        refused = edgekd(*command)  # not yet for detection runs: said in one line, not a traceback
+        assert refused.returncode == 2 and "a detection run" in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_a_users_coco_tree_with_train_and_val_is_judged_on_its_val(tmp_path, scenes, teacher_file, quick_profile):
@@ -155,10 +158,13 @@ def test_a_users_yolo_tree_with_a_test_split_chooses_on_val_and_reports_test(tmp
 
 
 @pytest.mark.parametrize("problem", ["classes", "no-spec", "image-size", "classifier-flag", "bad-box"])
-def test_bad_detection_input_is_one_line_and_exit_2(tmp_path, scenes, teacher_file, quick_profile, problem):
+def test_bad_detection_input_is_one_line_and_exit_2(tmp_path, scenes, teacher_file, quick_profile, problem, capsys):
     """Each refused before anything trains: a teacher for other classes, a teacher file without its
     architecture, a side the backbone's stride does not divide, a classifier-only flag, a box of a class
-    the data does not have."""
+    the data does not have. In process (`edgekd.cli.run`, what `python -m edgekd` calls): the chain's own
+    subprocess runs are above."""
+    from edgekd.cli import run as edgekd_in_process
+
     from edgekd.detection.model import build_detector, save_detector, student_spec
 
     args = ["compress", "--task", "detect", "--target", "host-cpu", "--profile", str(quick_profile),
@@ -181,10 +187,11 @@ def test_bad_detection_input_is_one_line_and_exit_2(tmp_path, scenes, teacher_fi
         label = sorted((tree / "labels" / "train").glob("*.txt"))[0]
         label.write_text(label.read_text() + "7 0.5 0.5 0.2 0.2\n")  # class 7 of 5
         args[args.index(str(scenes.yolo))] = str(tree)
-    result = edgekd(*args)
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.strip().splitlines() if line]
-    assert len(lines) == 1 and lines[0].startswith("edgekd: error:") and "Traceback" not in result.stderr, result.stderr
+    code = edgekd_in_process(args)
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr
+    lines = [line for line in stderr.strip().splitlines() if line.startswith("edgekd")]
+    assert len(lines) == 1 and lines[0].startswith("edgekd: error:") and "Traceback" not in stderr, stderr
     assert not (tmp_path / "run" / "report.json").exists()
 
 

@@ -129,8 +129,9 @@ def _compress(options: DetectOptions, claimed: dict) -> DetectResult:
     ctx = _Run(profile, target, data, run, example)
     teacher, teacher_fp, origin = _obtain_teacher(ctx, teacher_file, cache_dir)
     ctx.teacher = teacher
+    obtained = time.perf_counter() - started  # the teacher stage's time: training it (cold) or loading it
     records = [_stage(ctx, "teacher", fingerprint("teacher", teacher_fp, data.key(), profile.export),
-                      lambda: (teacher, "fp32", {"origin": origin}), like=None)]
+                      lambda: (teacher, "fp32", {"origin": origin}), like=None, extra_seconds=obtained)]
     chain = fingerprint(teacher_fp, data.key(), profile.seed)
     student = None
     for name, config, run_stage in _stages(ctx):
@@ -324,14 +325,14 @@ def _stage_with_model(ctx: _Run, name: str, fp: str, run_stage) -> tuple[dict, n
     return record, model
 
 
-def _stage(ctx: _Run, name: str, fp: str, produce, like: nn.Module | None) -> dict:
+def _stage(ctx: _Run, name: str, fp: str, produce, like: nn.Module | None, extra_seconds: float = 0.0) -> dict:
     done = ctx.run.completed(name, fp, needs="detections")
     if done is not None:
         info(f"{name}: complete in ", user_text=f"{ctx.run.root}, skipped")
         return {**done, "resumed": True}
     started = time.perf_counter()
     model, precision, details = produce()
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started + extra_seconds
     record, files = _record(ctx, name, model, precision, details, seconds)
     if precision == "fp32" and like is not None:
         path = ctx.run.path(f"checkpoints/{name}.pt")

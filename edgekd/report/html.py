@@ -62,6 +62,9 @@ def render_run(run_dir: Path) -> Path:
         raise BadInputError(f"{path}: not a readable report.json ({err})") from None
     if not isinstance(report, dict) or not isinstance(report.get("stages"), list) or not report["stages"]:
         raise BadInputError(f"{path}: not an edgekd report (no 'stages' list)")
+    if report.get("task") == "detect":
+        raise BadInputError(f"{path}: a detection run; report.html is written for classification runs only so far "
+                            "(the detection report is report.json and what `edgekd compress` printed)")
     try:
         return write_html(report, run_dir)
     except (KeyError, IndexError, TypeError, ValueError) as err:

@@ -103,6 +103,9 @@ def require_complete(report: object, name: str, *, required: bool) -> dict:
     `required=False` (the baseline) also accepts a report from before edgekd wrote a status."""
     if not isinstance(report, dict):
         raise BadInputError(f"{name}: not an edgekd report.json (a JSON object)")
+    if report.get("task") == "detect":
+        raise BadInputError(f"{name}: a detection run; `edgekd check` gates classification runs only so far "
+                            "(compare report.json's budget.accuracy and stage latencies instead)")
     status = report.get("status")
     if status == "complete" or (status is None and not required):
         return report
