@@ -45,7 +45,7 @@ from torch import nn
 
 from edgekd.config import Calibration, Hardware, load_target
 from edgekd.measure.calibrate import Features, Point, calibration_toml, error_of, fit, graph_features, ratios, roofline_ms
-from edgekd.onnx_export import export_onnx
+from edgekd.export.onnx_file import export_onnx
 from estimator import RandomImages  # benchmarks/estimator.py, beside this script
 
 HERE = Path(__file__).resolve().parent

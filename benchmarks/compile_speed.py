@@ -4,7 +4,7 @@ Three steps, at the default profile's batch (256) on Fashion-MNIST-shaped inputs
   teacher-train    edgekd_resnet, forward + backward + SGD step (the teacher stage)
   student-train    edgekd_cnn, the same (the distillation stage's student)
   teacher-infer    edgekd_resnet in eval mode under no_grad (the distillation stage's teacher)
-Each step is built twice from the same weights, eager and `edgekd.train.CompiledOrEager` (what
+Each step is built twice from the same weights, eager and `edgekd.training.loop.CompiledOrEager` (what
 `compile = true` in [teacher] / [distill] uses), and the two are timed in alternating rounds in
 this one process (2 threads), so a noisy host moves both alike. The compile time is the first
 compiled call (forward and backward graphs); the README's table comes from the default command.
@@ -27,7 +27,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 
 from edgekd.models import create_model
-from edgekd.train import CompiledOrEager
+from edgekd.training.loop import CompiledOrEager
 
 
 def train_step(model, forward):

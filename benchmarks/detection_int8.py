@@ -30,7 +30,7 @@ from edgekd.detection.quantize import calibration_array, export_fp32, export_int
 from edgekd.detection.train import DetectionObjective, train_detector
 from edgekd.measure.latency import time_alternating, time_calls
 from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner
-from edgekd.train import TrainPlan
+from edgekd.training.loop import TrainPlan
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from edgekd.detection.evaluate import evaluate
 from edgekd.detection.model import build_detector, student_spec, teacher_spec
 from edgekd.detection.train import DetectionObjective, train_detector
 from edgekd.metrics import count
-from edgekd.train import TrainPlan
+from edgekd.training.loop import TrainPlan
 
 
 def main() -> None:

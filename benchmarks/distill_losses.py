@@ -42,12 +42,12 @@ from torch import nn
 
 from edgekd.config import DistillConfig, DKDConfig, LSKDConfig, Profile, load_profile
 from edgekd.data import augmentations, load_data
-from edgekd.losses import CrossEntropyObjective, DistillationObjective
+from edgekd.training.losses import CrossEntropyObjective, DistillationObjective
 from edgekd.models import create_model
 from edgekd.stages.teacher import TeacherSource, default_cache_dir, obtain_teacher
 from edgekd.errors import BadInputError
-from edgekd.teacher_logits import TeacherLogits
-from edgekd.train import TrainPlan, accuracy, fit, seed_everything
+from edgekd.training.teacher_logits import TeacherLogits
+from edgekd.training.loop import TrainPlan, accuracy, fit, seed_everything
 
 OUT = Path(__file__).resolve().parent / "out" / "distill_losses.json"
 

@@ -31,13 +31,13 @@ import torch
 from distill_losses import mean_std, parse_seeds  # benchmarks/, the script's own folder
 from edgekd.config import load_profile
 from edgekd.data import load_data
-from edgekd.losses import CrossEntropyObjective, DistillationObjective
+from edgekd.training.losses import CrossEntropyObjective, DistillationObjective
 from edgekd.metrics import count
 from edgekd.models import create_model
-from edgekd.onnx_export import export_onnx
+from edgekd.export.onnx_file import export_onnx
 from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner, measure_side_by_side
 from edgekd.stages.teacher import TeacherSource, default_cache_dir, obtain_teacher
-from edgekd.train import TrainPlan, fit, predict_onnx, seed_everything
+from edgekd.training.loop import TrainPlan, fit, predict_onnx, seed_everything
 
 OUT = Path(__file__).resolve().parent / "out" / "distill_vs_labels.json"
 BATCHES = (1, 64)

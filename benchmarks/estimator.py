@@ -32,7 +32,7 @@ import torch
 from edgekd.config import load_target
 from edgekd.measure.estimate import estimate_latency
 from edgekd.models import create_model
-from edgekd.onnx_export import export_onnx
+from edgekd.export.onnx_file import export_onnx
 from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner
 
 OUT = Path(__file__).resolve().parent / "out" / "estimator.json"

@@ -1,6 +1,6 @@
-"""Training speed with glibc's own memory thresholds and with edgekd's (`edgekd.memory`).
+"""Training speed with glibc's own memory thresholds and with edgekd's (`edgekd.training.memory`).
 
-Each measurement is a fresh process that runs the real `edgekd.train.fit` of the default profile:
+Each measurement is a fresh process that runs the real `edgekd.training.loop.fit` of the default profile:
 the teacher stage (`edgekd_resnet_fc`, labels) or the distillation (`edgekd_cnn_fc` from that
 teacher through its logits table), on a seeded, stratified 15,360-image slice of Fashion-MNIST's
 training split, batch 256, with the profile's augmentation and `torch.compile`. It fits one epoch
@@ -29,15 +29,15 @@ STEPS = 60
 
 ONE = """
 import json, resource, sys, time, torch
-from edgekd import memory
+from edgekd.training import memory
 if {setting!r} == "untouched":
     memory._applied = False  # keep_freed_memory() then leaves glibc's thresholds alone
 from edgekd.config import load_profile
 from edgekd.data import augmentations, load_fashion_mnist, stratified_subset, with_validation
-from edgekd.losses import CrossEntropyObjective, DistillationObjective
+from edgekd.training.losses import CrossEntropyObjective, DistillationObjective
 from edgekd.models import create_model
-from edgekd.teacher_logits import TeacherLogits
-from edgekd.train import TrainPlan, fit
+from edgekd.training.teacher_logits import TeacherLogits
+from edgekd.training.loop import TrainPlan, fit
 torch.set_num_threads(2)
 profile = load_profile("default")
 data = with_validation(load_fashion_mnist(), profile.data.val_fraction, 0)
@@ -76,7 +76,7 @@ def main() -> None:
     import torch
 
     from edgekd.measure.device import this_machine
-    from edgekd.train import mixed_precision_dtype
+    from edgekd.training.loop import mixed_precision_dtype
 
     precisions = [False] + ([True] if mixed_precision_dtype(torch.device("cpu")) is torch.bfloat16 else [])
     rows = []

@@ -27,7 +27,7 @@ from edgekd.measure.device import this_machine
 from edgekd.measure.normalised_latency import build_reference
 from edgekd.measure.latency import percentiles, time_calls
 from edgekd.models import create_model
-from edgekd.onnx_export import export_onnx
+from edgekd.export.onnx_file import export_onnx
 from edgekd.testing import plant_student
 
 OUT = Path(__file__).resolve().parent / "out"

@@ -47,9 +47,9 @@ from torch.utils.data import TensorDataset
 
 from edgekd.config import ActivationScheme
 from edgekd.export.ort_qdq import conv_counts, place_for_onnxruntime
-from edgekd.fold import fold_batchnorm
+from edgekd.training.fold import fold_batchnorm
 from edgekd.models import create_model
-from edgekd.onnx_export import INPUT_NAME, export_onnx
+from edgekd.export.onnx_file import INPUT_NAME, export_onnx
 from edgekd.export.int8_fit import layer_timings, slower_in_int8
 from edgekd.measure.latency import measure_runners_side_by_side
 from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner, store_int8_weights
@@ -83,8 +83,8 @@ def build(name: str, data) -> tuple[nn.Module, np.ndarray, np.ndarray, np.ndarra
     else:
         model = create_model(arch, 10, shape, width)
     if arch == "edgekd_cnn":
-        from edgekd.losses import CrossEntropyObjective
-        from edgekd.train import TrainPlan, fit
+        from edgekd.training.losses import CrossEntropyObjective
+        from edgekd.training.loop import TrainPlan, fit
 
         train = torch.utils.data.Subset(data.train, range(12000))
         fit(model, CrossEntropyObjective(), train, TrainPlan(1, 0.2, 5e-4, 128, 0), label=f"train {name}")

@@ -39,10 +39,10 @@ import torch
 from edgekd.checkpoints import load_stage_model
 from edgekd.config import ActivationScheme
 from edgekd.data import load_fashion_mnist
-from edgekd.onnx_export import INPUT_NAME, export_onnx
+from edgekd.export.onnx_file import INPUT_NAME, export_onnx
 from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner, measure_side_by_side, open_session
 from edgekd.stages.quantize import quantize_with_nncf, strip_to_qdq
-from edgekd.train import predict_onnx
+from edgekd.training.loop import predict_onnx
 
 OUT = Path(__file__).resolve().parent / "out" / "ladder.json"
 BATCHES = (1, 64)

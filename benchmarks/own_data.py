@@ -83,9 +83,9 @@ def label_only_reference(data: Path, seed: int, image_size: int = 28) -> dict:
     on the same training split: how good the teacher could be on this data."""
     from edgekd.config import load_profile
     from edgekd.data import augmentations, load_data
-    from edgekd.losses import CrossEntropyObjective
+    from edgekd.training.losses import CrossEntropyObjective
     from edgekd.models import create_model
-    from edgekd.train import TrainPlan, accuracy, fit
+    from edgekd.training.loop import TrainPlan, accuracy, fit
 
     profile = load_profile("default")
     bundle = load_data(str(data), profile.data, image_size, seed)

@@ -32,8 +32,8 @@ from edgekd.runfolder import RunFolder
 from edgekd.stages import StageContext
 from edgekd.stages.prune import prune_to_ratio
 from edgekd.stages.teacher import TeacherSource, default_cache_dir, obtain_teacher
-from edgekd.teacher_logits import TeacherLogits
-from edgekd.train import accuracy
+from edgekd.training.teacher_logits import TeacherLogits
+from edgekd.training.loop import accuracy
 
 OUT = REPO / "benchmarks" / "out" / "prune_curve.json"
 

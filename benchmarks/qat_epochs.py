@@ -24,10 +24,10 @@ from benchmarks.distill_losses import mean_std, parse_seeds
 from edgekd.checkpoints import load_stage_model
 from edgekd.config import load_profile, load_target
 from edgekd.data import load_data
-from edgekd.losses import DistillationObjective
+from edgekd.training.losses import DistillationObjective
 from edgekd.stages.quantize import quantize_with_nncf
 from edgekd.stages.teacher import TeacherSource, default_cache_dir, obtain_teacher
-from edgekd.train import TrainPlan, evaluate, fit
+from edgekd.training.loop import TrainPlan, evaluate, fit
 
 
 def main() -> None:

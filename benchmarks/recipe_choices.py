@@ -1,6 +1,6 @@
 """The experiments behind the default recipe: teachers and students on Fashion-MNIST, judged on validation.
 
-Each named experiment trains one model with edgekd's own loop (`edgekd.train.fit`, the pipeline's
+Each named experiment trains one model with edgekd's own loop (`edgekd.training.loop.fit`, the pipeline's
 mixed precision and torch.compile) on the pipeline's training split, and prints its top-1 on the
 validation split, which every choice was made on, and on the test split, which is only reported.
 Teachers are saved under benchmarks/out/recipe/ for the students that name them.
@@ -23,11 +23,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 from edgekd.config import DataConfig, DistillConfig
 from edgekd.data import load_data
-from edgekd.losses import CrossEntropyObjective, DistillationObjective
+from edgekd.training.losses import CrossEntropyObjective, DistillationObjective
 from edgekd.metrics import count
 from edgekd.models import ModelSpec, create_model, load_teacher, save_checkpoint
-from edgekd.teacher_logits import TeacherLogits
-from edgekd.train import TrainPlan, accuracy, fit
+from edgekd.training.teacher_logits import TeacherLogits
+from edgekd.training.loop import TrainPlan, accuracy, fit
 
 OUT = REPO / "benchmarks" / "out" / "recipe"
 DKD2 = {"loss": "dkd", "dkd": {"beta": 2.0}}

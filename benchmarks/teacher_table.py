@@ -1,8 +1,8 @@
 """Distillation with the teacher online vs its logits looked up in a table, side by side.
 
 The default profile's distillation epoch (its student, teacher, batch, augmentation, mixed
-precision and torch.compile setting), run through `edgekd.train.fit` on the full training split,
-once with the teacher running on every batch and once reading `edgekd.teacher_logits.TeacherLogits`
+precision and torch.compile setting), run through `edgekd.training.loop.fit` on the full training split,
+once with the teacher running on every batch and once reading `edgekd.training.teacher_logits.TeacherLogits`
 (built once beforehand; its build time is reported apart). The two alternate for `--rounds`
 rounds, so a noisy spell of the host lands on both; each round trains a fresh copy of the same
 initial student.
@@ -25,11 +25,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 from edgekd.config import load_profile
 from edgekd.data import augmentations, load_data
-from edgekd.losses import DistillationObjective
+from edgekd.training.losses import DistillationObjective
 from edgekd.models import create_model
 from edgekd.stages.teacher import TeacherSource, default_cache_dir, obtain_teacher
-from edgekd.teacher_logits import TeacherLogits, view_count
-from edgekd.train import TrainPlan, fit, mixed_precision_dtype
+from edgekd.training.teacher_logits import TeacherLogits, view_count
+from edgekd.training.loop import TrainPlan, fit, mixed_precision_dtype
 
 OUT = REPO / "benchmarks" / "out" / "teacher_table.json"
 

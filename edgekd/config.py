@@ -295,7 +295,7 @@ class TransferConfig(Strict):
     lr: Positive = 0.01
     weight_decay: Annotated[float, Field(ge=0)] = 1e-5
     min_steps: Annotated[int, Field(ge=0)] = 0
-    # BatchNorm keeps the pretrained statistics while the rest trains (edgekd.train.TrainPlan)
+    # BatchNorm keeps the pretrained statistics while the rest trains (edgekd.training.loop.TrainPlan)
     frozen_norm: bool = True
 
 
@@ -359,7 +359,7 @@ class DistillConfig(Strict):
     hint: HintConfig | None = None  # a feature term added to any of the three losses
     min_steps: NonNegativeInt = 800  # small data sets: at least this many optimizer steps
     compile: bool = False  # torch.compile the student's step and the teacher's forward (see [teacher])
-    # BatchNorm keeps its running statistics while the student trains (edgekd.train.TrainPlan): for
+    # BatchNorm keeps its running statistics while the student trains (edgekd.training.loop.TrainPlan): for
     # a pretrained student on a small data set. One epoch of lr 0.002 with batch statistics took a
     # pretrained Lite0 from its probe's 73.2% to 58.0% on the clip-art example's validation split
     frozen_norm: bool = False
@@ -416,7 +416,7 @@ class ExportConfig(Strict):
     atol: Positive = 1e-3  # max |logit difference| between PyTorch and ONNX Runtime (FP32)
     int8_atol: Positive = 0.25  # same for INT8: rounding in fused kernels differs from fake-quant
     # ... or this share of the logits' range where larger: INT8 rounding drift grows with the
-    # logits' scale and the network's depth (1-4% on Lite0, edgekd.onnx_export.Parity)
+    # logits' scale and the network's depth (1-4% on Lite0, edgekd.export.onnx_file.Parity)
     int8_rtol: Annotated[float, Field(ge=0, lt=1)] = 0.05
     # top-1 agreement needed on the images whose top-1 is not a near tie (within the tolerance)
     min_top1_agreement: Annotated[float, Field(gt=0, le=1)] = 0.98

@@ -25,7 +25,7 @@ from edgekd.verify.accuracy_budget import accuracy_floor, accuracy_verdict, pack
 from edgekd.verify.latency_budget import budget_verdict, latency_met, p50_state
 from edgekd.metrics import count
 from edgekd.models import create_model, require_architecture
-from edgekd.onnx_export import check_parity, export_onnx
+from edgekd.export.onnx_file import check_parity, export_onnx
 from edgekd.progress import info
 from edgekd.runfolder import FP32_ONNX, INT8_ONNX, atomic_write_bytes, atomic_write_json, claim_on_rank0, sha256
 from edgekd.runtimes import backend, timing_threads
@@ -34,8 +34,8 @@ from edgekd.stages.distill import DistillStage
 from edgekd.stages.prune import PruneStage
 from edgekd.stages.quantize import QuantizeStage
 from edgekd.stages.teacher import Teacher, TeacherSource, default_cache_dir, obtain_teacher, teacher_counts
-from edgekd.teacher_logits import TeacherLogits
-from edgekd.train import correct_onnx
+from edgekd.training.teacher_logits import TeacherLogits
+from edgekd.training.loop import correct_onnx
 from edgekd.measure.target_latency import off_target_label, on_target_device, target_latency
 
 STAGES = (DistillStage(), PruneStage(), QuantizeStage())  # in this order; nothing prunes after QAT
@@ -447,7 +447,7 @@ def _require_utf8(what: str, path: object) -> None:
 
 
 def _check_teacher_file(source: TeacherSource) -> None:
-    from edgekd.teacher_files import require_regular_file
+    from edgekd.models.teacher_files import require_regular_file
 
     if source.path_or_name is not None and os.path.lexists(source.path_or_name):
         require_regular_file(Path(source.path_or_name))

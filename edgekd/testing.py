@@ -70,7 +70,7 @@ def plant_student(run_dir: Path, factor: float, out: Path) -> tuple[Path, int, i
     from edgekd.data import load_data
     from edgekd.metrics import count
     from edgekd.models import create_model
-    from edgekd.onnx_export import export_onnx
+    from edgekd.export.onnx_file import export_onnx
     from edgekd.pipeline import read_report
     from edgekd.runtimes.onnxruntime import store_int8_weights
     from edgekd.stages.quantize import quantize_with_nncf, strip_to_qdq

@@ -15,7 +15,7 @@ from edgekd.verify.latency_budget import budget_verdict
 from edgekd.measure.calibrate import graph_features
 from edgekd.measure.estimate import estimate_latency, layer_kind
 from edgekd.models import create_model
-from edgekd.onnx_export import export_onnx
+from edgekd.export.onnx_file import export_onnx
 
 
 def _export(folder: Path, arch: str, size: int, width: float) -> Path:

@@ -18,7 +18,7 @@ from edgekd.errors import BadInputError, ExitCode
 from edgekd.measure.estimate import estimate_layers
 from edgekd.measure.normalised_latency import build_reference, gate_latency, reference_description
 from edgekd.models import create_model
-from edgekd.onnx_export import export_onnx
+from edgekd.export.onnx_file import export_onnx
 
 INPUT_SHAPE = (1, 28, 28)
 QUICK = {"steps": 150}  # the gate's own timing, fewer steps

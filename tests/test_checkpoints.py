@@ -14,12 +14,12 @@ from torch.utils.data import Subset
 from edgekd import checkpoints
 from edgekd.config import ActivationScheme, PruneConfig
 from edgekd.errors import BadInputError
-from edgekd.losses import CrossEntropyObjective
+from edgekd.training.losses import CrossEntropyObjective
 from edgekd.metrics import count
 from edgekd.models import create_model
 from edgekd.stages.prune import make_pruner
 from edgekd.stages.quantize import quantize_with_nncf
-from edgekd.train import TrainPlan, fit
+from edgekd.training.loop import TrainPlan, fit
 from tests.conftest import edgekd
 
 

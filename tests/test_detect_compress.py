@@ -54,7 +54,7 @@ def teacher_file(scenes, tmp_path_factory) -> Path:
     from edgekd.detection.data import read_coco
     from edgekd.detection.model import build_detector, save_detector, teacher_spec
     from edgekd.detection.train import DetectionObjective, train_detector
-    from edgekd.train import TrainPlan
+    from edgekd.training.loop import TrainPlan
 
     train, _ = read_coco(*scenes.coco("train"), image_size=64)
     torch.manual_seed(0)

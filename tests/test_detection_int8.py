@@ -10,7 +10,7 @@ from edgekd.detection.model import DetectorSpec, build_detector
 from edgekd.detection.quantize import calibration_array, export_int8, quantize_detector
 from edgekd.detection.train import DetectionObjective, train_detector
 from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner
-from edgekd.train import TrainPlan
+from edgekd.training.loop import TrainPlan
 
 SIZE = 96  # the detection_splits fixture's (tests/conftest.py)
 SPEC = DetectorSpec(5, width=24, head_convs=1, tiny_widths=(8, 12, 24, 48, 64))

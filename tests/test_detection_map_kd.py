@@ -16,7 +16,7 @@ from edgekd.detection.distill import (
 from edgekd.detection.evaluate import coco_map
 from edgekd.detection.model import DetectorSpec, build_detector
 from edgekd.detection.train import DetectionObjective, train_detector
-from edgekd.train import TrainPlan
+from edgekd.training.loop import TrainPlan
 
 SAMPLES = [
     DetectionSample("a.png", 200, 150, (Box(10, 10, 60, 50, 0), Box(100, 20, 190, 140, 1))),

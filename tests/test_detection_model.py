@@ -20,7 +20,7 @@ from edgekd.detection.model import (
 )
 from edgekd.detection.train import DetectionObjective, PaddedTargets, assign_targets, train_detector
 from edgekd.metrics import count
-from edgekd.train import TrainPlan
+from edgekd.training.loop import TrainPlan
 
 SIZE = 96  # the detection_splits fixture's (tests/conftest.py)
 PLAN = TrainPlan(epochs=4, lr=0.05, weight_decay=5e-4, batch_size=8, seed=0)
@@ -120,7 +120,7 @@ def test_training_lowers_the_loss_and_is_deterministic(splits, trained):
 
 
 def test_onnx_export_gives_the_same_map_as_pytorch(splits, trained, tmp_path):
-    from edgekd.onnx_export import export_onnx
+    from edgekd.export.onnx_file import export_onnx
     from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner
 
     model, _ = trained

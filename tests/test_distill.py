@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 
 from edgekd.config import DistillConfig, HintConfig
-from edgekd.losses import CrossEntropyObjective, DistillationObjective, HintStudent, kd_loss
+from edgekd.training.losses import CrossEntropyObjective, DistillationObjective, HintStudent, kd_loss
 from edgekd.models import create_model
-from edgekd.train import TrainPlan, accuracy, fit
+from edgekd.training.loop import TrainPlan, accuracy, fit
 
 
 def test_kd_loss_is_hintons_formula():

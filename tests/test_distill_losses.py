@@ -9,10 +9,10 @@ import torch.nn.functional as F
 
 from edgekd.config import DistillConfig, DKDConfig, HintConfig, LSKDConfig, load_profile
 from edgekd.errors import BadInputError
-from edgekd.losses import (CrossEntropyObjective, DistillationObjective, dkd_loss, kd_divergence, lskd_loss,
+from edgekd.training.losses import (CrossEntropyObjective, DistillationObjective, dkd_loss, kd_divergence, lskd_loss,
                            standardize, tckd_nckd)
 from edgekd.models import create_model
-from edgekd.train import TrainPlan, accuracy, fit
+from edgekd.training.loop import TrainPlan, accuracy, fit
 
 
 def test_tckd_and_nckd_by_hand():

@@ -2,7 +2,7 @@
 
 import torch
 
-from edgekd import train
+from edgekd.training import loop as train
 
 
 def test_cpu_bf16_needs_native_support(monkeypatch):

@@ -15,9 +15,9 @@ from torch.utils.data import TensorDataset
 
 from edgekd.config import ActivationScheme, load_target
 from edgekd.export.ort_qdq import conv_counts, place_for_onnxruntime
-from edgekd.fold import fold_batchnorm
+from edgekd.training.fold import fold_batchnorm
 from edgekd.models import create_model
-from edgekd.onnx_export import export_onnx
+from edgekd.export.onnx_file import export_onnx
 from edgekd.verify.ship import Shipped, choose_precision, shipped_warning
 from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner, store_int8_weights
 from edgekd.stages.quantize import quantize_with_nncf, strip_to_qdq

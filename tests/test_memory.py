@@ -13,7 +13,7 @@ from tests.conftest import REPO
 STEPS = """
 import ctypes, resource, sys, torch
 sys.path.insert(0, {repo!r})
-from edgekd import memory
+from edgekd.training import memory
 if {mode!r} == "edgekd":
     print(memory.keep_freed_memory())
 else:

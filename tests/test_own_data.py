@@ -41,9 +41,9 @@ def test_compress_on_an_image_folder_with_a_given_teacher_and_student(tmp_path, 
 from pathlib import Path
 from edgekd.config import DataConfig
 from edgekd.data import load_image_folder
-from edgekd.losses import CrossEntropyObjective
+from edgekd.training.losses import CrossEntropyObjective
 from edgekd.models import ModelSpec, save_checkpoint
-from edgekd.train import TrainPlan, fit
+from edgekd.training.loop import TrainPlan, fit
 
 bundle = load_image_folder(Path({str(tmp_path / "data")!r}), DataConfig(), image_size=28, seed=0)
 spec = ModelSpec("edgekd_cnn", 3, bundle.input_shape, 1.0)

@@ -133,7 +133,7 @@ def run_smoke_variant(tmp_path, cache_dir, name: str, replacements: dict[str, st
 def test_qat_keeps_the_int8_student_near_its_fp32_parent(smoke_run):
     """QAT may not lose what post-training quantization kept: the INT8 student stays within 3 points
     of the pruned FP32 student it was trained from (it once collapsed from 56% to 17-28% on an
-    AMX Xeon: folded weights trained with steps hundreds of times too large, edgekd.fold)."""
+    AMX Xeon: folded weights trained with steps hundreds of times too large, edgekd.training.fold)."""
     stages = {s["name"]: s for s in smoke_run[1]["stages"]}
     assert stages["quantize"]["accuracy"] >= stages["prune"]["accuracy"] - 0.03
     guard = stages["quantize"]["details"]["qat_guard"]

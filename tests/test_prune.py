@@ -5,7 +5,7 @@ import torch
 
 from edgekd.config import PruneConfig
 from edgekd.models import create_model
-from edgekd.onnx_export import check_parity, export_onnx
+from edgekd.export.onnx_file import check_parity, export_onnx
 from edgekd.metrics import count
 from edgekd.stages.prune import make_pruner, prune_until
 
@@ -54,7 +54,7 @@ def test_batchnorm_statistics_are_measured_again_after_a_pruning_step(fashion_sl
     """A pruned layer's BatchNorm is re-estimated on training images before a frozen-norm student
     recovers: its running mean becomes the mean of what the convolution now outputs."""
     from edgekd.data import stratified_subset
-    from edgekd.train import recalibrate_norms
+    from edgekd.training.loop import recalibrate_norms
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU())

@@ -15,14 +15,14 @@ from torch import nn
 from edgekd.config import PruneConfig, load_profile, load_target
 from edgekd.data import limit, with_validation
 from edgekd.errors import BadInputError
-from edgekd.losses import CrossEntropyObjective
+from edgekd.training.losses import CrossEntropyObjective
 from edgekd.metrics import count
 from edgekd.models import create_model
 from edgekd.runfolder import RunFolder
 from edgekd.stages import StageContext
 from edgekd.stages.prune import make_pruner, prune_to_ratio, reach
 from edgekd.stages.prune.budget import int8_latency, prune_to_budget
-from edgekd.train import TrainPlan, accuracy, fit
+from edgekd.training.loop import TrainPlan, accuracy, fit
 from tests.conftest import REPO, edgekd
 
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from edgekd.config import ActivationScheme
-from edgekd.fold import fold_batchnorm
+from edgekd.training.fold import fold_batchnorm
 from edgekd.models import create_model
-from edgekd.onnx_export import export_onnx
+from edgekd.export.onnx_file import export_onnx
 from edgekd.measure.device import Machine
 from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner, int8_weight_bits, open_session, store_int8_weights
 from edgekd.stages.quantize import _weight_quantizers, quantize_with_nncf, strip_to_qdq
-from edgekd.losses import CrossEntropyObjective
-from edgekd.train import TrainPlan, fit
+from edgekd.training.losses import CrossEntropyObjective
+from edgekd.training.loop import TrainPlan, fit
 
 INT8_LOGIT_TOLERANCE = 0.25  # fused integer kernels round differently from fake quantization
 
@@ -111,7 +111,7 @@ def test_preconditioned_sgd_on_folded_weights_is_sgd_on_the_batchnorm_network():
     """QAT trains folded weights; with the s^2 preconditioner its steps (momentum included) are the
     steps SGD takes on the unfolded network with frozen BatchNorm statistics, whatever the scales.
     Without it the same steps land elsewhere: what made QAT diverge after pruning."""
-    from edgekd.fold import fold_scales, precondition_folded
+    from edgekd.training.fold import fold_scales, precondition_folded
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, bias=False), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
@@ -222,7 +222,7 @@ def test_a_pretrained_depthwise_network_folds_its_norm_act_layers_and_exports_in
     from edgekd.export.ort_qdq import place_for_onnxruntime
     from edgekd.models import read_weights
     from edgekd.models.weights import fit_pretrained
-    from edgekd.onnx_export import check_parity
+    from edgekd.export.onnx_file import check_parity
     from pathlib import Path
 
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from edgekd.models import create_model
-from edgekd.onnx_export import export_onnx
+from edgekd.export.onnx_file import export_onnx
 from edgekd.runtimes.base import Runner
 
 

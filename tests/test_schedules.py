@@ -7,9 +7,9 @@ from edgekd.config import DataConfig, load_profile
 from edgekd.data import DataBundle, augmentations
 from edgekd.distributed import resolve_device
 from edgekd.errors import BadInputError
-from edgekd.losses import CrossEntropyObjective
+from edgekd.training.losses import CrossEntropyObjective
 from edgekd.models import create_model
-from edgekd.train import TrainPlan, augment, fit
+from edgekd.training.loop import TrainPlan, augment, fit
 from tests.conftest import edgekd
 
 
@@ -112,7 +112,7 @@ def test_smoke_pipeline_trains_on_the_gpu(tmp_path, cache_dir):
 
 def _distill_losses(fashion_slice, compile: bool) -> list[float]:
     from edgekd.config import DistillConfig
-    from edgekd.losses import DistillationObjective
+    from edgekd.training.losses import DistillationObjective
 
     torch.manual_seed(0)
     teacher = create_model("edgekd_resnet", 10, (1, 28, 28), 0.25).eval()

@@ -96,7 +96,7 @@ def test_a_crafted_pt2_teacher_runs_no_code(attack, tmp_path):
 
 
 def test_a_clean_pt2_teacher_still_loads(tmp_path):
-    from edgekd.teacher_files import load_pt2
+    from edgekd.models.teacher_files import load_pt2
 
     clean = _archive(tmp_path, tmp_path / "unused", "none")
     assert load_pt2(clean).module()(torch.zeros(3, 1, SIZE, SIZE)).shape == (3, 2)

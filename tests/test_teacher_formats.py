@@ -14,7 +14,7 @@ import torch
 from edgekd.config import PROFILES_DIR, load_profile
 from edgekd.data import load_data
 from edgekd.models import ModelSpec, save_checkpoint
-from edgekd.train import accuracy
+from edgekd.training.loop import accuracy
 from tests.conftest import edgekd
 
 SIZE = 16

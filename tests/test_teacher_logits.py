@@ -7,10 +7,10 @@ import torch
 
 from edgekd.config import DistillConfig, HintConfig
 from edgekd.data import limit
-from edgekd.losses import CrossEntropyObjective, DistillationObjective
+from edgekd.training.losses import CrossEntropyObjective, DistillationObjective
 from edgekd.models import create_model
-from edgekd.teacher_logits import TeacherLogits, apply_view, view_count
-from edgekd.train import TrainPlan, augment_with_views, fit
+from edgekd.training.teacher_logits import TeacherLogits, apply_view, view_count
+from edgekd.training.loop import TrainPlan, augment_with_views, fit
 
 
 class CountingTeacher(torch.nn.Module):

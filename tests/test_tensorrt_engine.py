@@ -19,7 +19,7 @@ from edgekd.config import ActivationScheme, load_target
 from edgekd.data import load_fashion_mnist
 from edgekd.export.tensorrt_engine import ENGINE, prepare_engine
 from edgekd.models import create_model
-from edgekd.onnx_export import export_onnx
+from edgekd.export.onnx_file import export_onnx
 from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner
 from edgekd.runtimes.tensorrt import TensorRTRunner, build_engine, sidecar_path, tensorrt_available
 from edgekd.stages.quantize import quantize_with_nncf, strip_to_qdq

@@ -21,7 +21,7 @@ from edgekd.data import load_fashion_mnist
 from edgekd.export.tensorrt_engine import BUILD_SCRIPT, CHECK_IMAGES, build_engine_for_run, prepare_engine, write_build_script
 from edgekd.errors import BadInputError, EnvironmentProblem
 from edgekd.models import create_model
-from edgekd.onnx_export import export_onnx
+from edgekd.export.onnx_file import export_onnx
 from edgekd.export.tensorrt_lint import TENSORRT_10_ONNX_OPS, check_tensorrt_qdq, raise_if_failed
 from edgekd.runtimes.tensorrt import tensorrt_available
 from edgekd.stages.quantize import quantize_with_nncf, strip_to_qdq

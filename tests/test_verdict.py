@@ -16,7 +16,7 @@ from edgekd.verify.latency_budget import budget_verdict
 from edgekd.measure.device import Gpu, Machine, matches, this_machine
 from edgekd.measure.target_latency import target_latency
 from edgekd.models import create_model
-from edgekd.onnx_export import export_onnx
+from edgekd.export.onnx_file import export_onnx
 from tests.conftest import edgekd
 
 XEON = Machine("x86_64", "Intel(R) Xeon(R) Processor", frozenset({"avx2", "avx512f", "avx512_vnni"}))

@@ -2,7 +2,7 @@
 
 The classification chain's run folder, resume, report and exit codes, with detection's own parts:
 a COCO / YOLO / synthetic data source (`edgekd.detection.sources`), training through
-`edgekd.train.fit`, mAP from pycocotools, and an accuracy budget in mAP points judged by a paired
+`edgekd.training.loop.fit`, mAP from pycocotools, and an accuracy budget in mAP points judged by a paired
 image bootstrap (`edgekd.detection.verdict`). Every stage's mAP is measured on the ONNX file it
 exported, in ONNX Runtime; box decoding and NMS run outside the network, and are timed apart.
 """
@@ -25,7 +25,7 @@ from edgekd.detection.sources import DetectionData, load_detection_data
 from edgekd.errors import BadInputError, EdgekdError, ExitCode, Interrupted, budget_exit_code
 from edgekd.progress import info
 from edgekd.runfolder import FP32_ONNX, INT8_ONNX, RunFolder, atomic_write_bytes, atomic_write_json, claim_on_rank0
-from edgekd.train import TrainPlan
+from edgekd.training.loop import TrainPlan
 
 REPORT = "report.json"
 EXAMPLE_IMAGES = 64  # choice-split images for tracing, export checks and calibration of the placement
@@ -149,7 +149,7 @@ def _compress(options: DetectOptions, claimed: dict) -> DetectResult:
 def _teacher_file(path: str | None) -> Path | None:
     if path is None:
         return None
-    from edgekd.teacher_files import require_regular_file
+    from edgekd.models.teacher_files import require_regular_file
 
     file = Path(path)
     if not file.exists():
@@ -348,7 +348,7 @@ def _record(ctx: _Run, name: str, model: nn.Module, precision: str, details: dic
     reported splits); the reported split's detections are kept for the verdict."""
     from edgekd.detection.evaluate import coco_map, predict_detections
     from edgekd.metrics import count
-    from edgekd.onnx_export import check_parity
+    from edgekd.export.onnx_file import check_parity
     from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner
 
     export = ctx.profile.export

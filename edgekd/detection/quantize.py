@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from edgekd.config import ActivationScheme
 from edgekd.detection.data import DetectionSet
 from edgekd.detection.train import DetectionObjective, train_detector
-from edgekd.train import TrainLog, TrainPlan
+from edgekd.training.loop import TrainLog, TrainPlan
 
 
 class CalibrationImages(Dataset):
@@ -65,7 +65,7 @@ def qat_detector(quantized: nn.Module, parent: nn.Module, train: DetectionSet, p
     """QAT in place on the fake-quantized detector, on labels: the folded weights' gradients are
     preconditioned by the folded BatchNorm scales of `parent` (the unfolded FP32 model), as in the
     classifier QAT, then clipped as in `train_detector`."""
-    from edgekd.fold import fold_scales, precondition_folded
+    from edgekd.training.fold import fold_scales, precondition_folded
 
     hook = precondition_folded(quantized, fold_scales(parent))
     return train_detector(quantized, DetectionObjective(len(train.classes)), train, replace(plan, weight_decay=0.0),
@@ -73,7 +73,7 @@ def qat_detector(quantized: nn.Module, parent: nn.Module, train: DetectionSet, p
 
 
 def export_fp32(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
-    from edgekd.onnx_export import export_onnx
+    from edgekd.export.onnx_file import export_onnx
 
     return export_onnx(model.eval(), example, Path(path))
 
@@ -82,7 +82,7 @@ def export_int8(quantized: nn.Module, example: torch.Tensor, path: Path, calibra
     """Write the INT8 ONNX file at `path` (QDQ, INT8 weights, placed for ONNX Runtime's fused
     kernels). Returns the placement record and `conv_counts` of the graph ONNX Runtime runs."""
     from edgekd.export.ort_qdq import conv_counts, place_for_onnxruntime
-    from edgekd.onnx_export import export_onnx
+    from edgekd.export.onnx_file import export_onnx
     from edgekd.runtimes.onnxruntime import store_int8_weights
     from edgekd.stages.quantize import strip_to_qdq
 

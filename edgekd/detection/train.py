@@ -1,4 +1,4 @@
-"""Training a detector on labels: FCOS targets, focal + GIoU + centerness loss, through `edgekd.train.fit`.
+"""Training a detector on labels: FCOS targets, focal + GIoU + centerness loss, through `edgekd.training.loop.fit`.
 
 `fit` is the loop every classification stage uses (seeded, one-cycle SGD, checkpoints, DDP). It
 moves `(images, targets)` batches as tensors, so a detection set's variable box lists are padded
@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from edgekd.detection.data import DetectionSet
 from edgekd.detection.model import STRIDE, cell_centres, distances_to_boxes, split_outputs
-from edgekd.train import TrainLog, TrainPlan, fit
+from edgekd.training.loop import TrainLog, TrainPlan, fit
 
 CENTRE_RADIUS = 1.5  # strides around a box's centre whose cells may predict it (FCOS centre sampling)
 FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0
@@ -130,8 +130,8 @@ class DetectionObjective(nn.Module):
 def train_detector(model: nn.Module, objective: nn.Module, dataset: DetectionSet, plan: TrainPlan, *,
                    label: str, flip: bool = True, after_backward=None, **fit_options) -> TrainLog:
     """Train `model` in place on `dataset` (labels, or a teacher through `edgekd.detection.distill`);
-    `fit_options` go to `edgekd.train.fit` (checkpoint, fingerprint). `after_backward()` runs after
-    each backward pass, before the gradients are clipped (QAT's `edgekd.fold.precondition_folded`)."""
+    `fit_options` go to `edgekd.training.loop.fit` (checkpoint, fingerprint). `after_backward()` runs after
+    each backward pass, before the gradients are clipped (QAT's `edgekd.training.fold.precondition_folded`)."""
     if plan.augment:
         raise ValueError(f"detection training flips in its data set (flip=True); plan.augment {plan.augment} "
                          "would move the pixels but not the boxes")

@@ -44,7 +44,7 @@ def build_reference(path: Path, num_classes: int, input_shape: tuple[int, int, i
 
     from edgekd.metrics import count
     from edgekd.models import create_model
-    from edgekd.onnx_export import export_onnx
+    from edgekd.export.onnx_file import export_onnx
     from edgekd.runtimes.onnxruntime import store_int8_weights
     from edgekd.stages.quantize import quantize_with_nncf, strip_to_qdq
 

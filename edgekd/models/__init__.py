@@ -294,7 +294,7 @@ def load_teacher(
 ) -> tuple[nn.Module, ModelSpec | None]:
     """A teacher from a file (edgekd checkpoint, state dict + arch, TorchScript, torch.export)
     or from a registered / torchvision name with a weights file. No format but TorchScript (and
-    only with `trust_torchscript`) can run code while it is read (edgekd/teacher_files.py)."""
+    only with `trust_torchscript`) can run code while it is read (edgekd/models/teacher_files.py)."""
     model, spec, _ = open_teacher(source, num_classes, input_shape, arch, weights, trust_torchscript)
     return model, spec
 
@@ -305,7 +305,7 @@ def open_teacher(
 ) -> tuple[nn.Module, ModelSpec | None, Adapted | None]:
     """`load_teacher`, plus what pretrained weights needed to fit (edgekd.models.weights): None for
     edgekd's own checkpoints and for code files, which fit as they are or not at all."""
-    from edgekd import teacher_files
+    from edgekd.models import teacher_files
 
     path = Path(source)
     if not path.exists():
@@ -392,7 +392,7 @@ def read_weights(path: Path, what: str) -> object:
     """A weights file, read without running code (weights_only); one line when it is not one."""
     if not path.exists():
         raise BadInputError(f"{what} not found: {path}")
-    from edgekd.teacher_files import require_regular_file
+    from edgekd.models.teacher_files import require_regular_file
 
     require_regular_file(path, what)
     return _torch_load(path)

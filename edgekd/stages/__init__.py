@@ -16,7 +16,7 @@ from torch import nn
 from edgekd.config import Profile, Target
 from edgekd.data import DataBundle
 from edgekd.runfolder import RunFolder
-from edgekd.teacher_logits import TeacherLogits
+from edgekd.training.teacher_logits import TeacherLogits
 
 
 @dataclass
@@ -34,7 +34,7 @@ class StageContext:
     # budget. Stages that can trade accuracy (pruning, QAT) respect it; None: no budget known
     accuracy_floor: float | None = None
     # the teacher's logits on the training split, computed once and shared by every distilling
-    # stage where the augmentation has few enough views (edgekd.teacher_logits); None: always online
+    # stage where the augmentation has few enough views (edgekd.training.teacher_logits); None: always online
     teacher_logits: "TeacherLogits | None" = None
     # where the student started when not from scratch: its pretrained weights (Adapted.as_dict())
     student_start: dict | None = None

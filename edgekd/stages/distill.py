@@ -16,10 +16,10 @@ from torch import nn
 from edgekd.config import Profile, Target
 from edgekd.data import augmentations
 from edgekd.errors import TrainingDiverged
-from edgekd.losses import DistillationObjective
+from edgekd.training.losses import DistillationObjective
 from edgekd.progress import info
 from edgekd.stages import StageContext, StageOutput
-from edgekd.train import TrainPlan, fit
+from edgekd.training.loop import TrainPlan, fit
 
 DIVERGED_RATIO = 2.0
 RETRY_LR_FACTOR = 0.25

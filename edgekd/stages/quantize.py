@@ -3,7 +3,7 @@ fine-tuned through them with the distillation loss (QAT; or not at all, for PTQ)
 to native PyTorch quantize/dequantize ops, which the pipeline exports as an ONNX QDQ graph.
 
 QAT trains the folded weights with their gradients preconditioned by the folded BatchNorm scales
-(edgekd.fold.precondition_folded: the steps SGD would take on the BatchNorm network with frozen
+(edgekd.training.fold.precondition_folded: the steps SGD would take on the BatchNorm network with frozen
 statistics), and is guarded: an attempt that ends worse than post-training quantization is rolled
 back, retried once at a tenth of the learning rate, else the PTQ student is kept.
 
@@ -27,12 +27,12 @@ from edgekd import distributed
 from edgekd.config import ActivationScheme, Profile, Target
 from edgekd.data import stratified_subset
 from edgekd.errors import TrainingDiverged
-from edgekd.fold import fold_batchnorm, fold_scales, precondition_folded
-from edgekd.losses import DistillationObjective
+from edgekd.training.fold import fold_batchnorm, fold_scales, precondition_folded
+from edgekd.training.losses import DistillationObjective
 from edgekd.progress import info
 from edgekd.runtimes.onnxruntime import int8_weight_bits
 from edgekd.stages import StageContext, StageOutput
-from edgekd.train import TrainPlan, evaluate, fit
+from edgekd.training.loop import TrainPlan, evaluate, fit
 
 
 def use_eager_fake_quant() -> None:

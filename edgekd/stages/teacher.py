@@ -28,11 +28,11 @@ from edgekd import distributed
 from edgekd.config import Profile, fingerprint
 from edgekd.data import DataBundle, Preprocess, augmentations
 from edgekd.errors import BadInputError, EnvironmentProblem
-from edgekd.losses import CrossEntropyObjective
+from edgekd.training.losses import CrossEntropyObjective
 from edgekd.models import ExportedTeacher, ModelSpec, checkpoint_payload, load_teacher, open_teacher
 from edgekd.runfolder import atomic_write_bytes, atomic_write_text, sha256
 from edgekd.progress import info
-from edgekd.train import TrainPlan, fit
+from edgekd.training.loop import TrainPlan, fit
 
 
 def default_cache_dir() -> Path:
@@ -262,7 +262,7 @@ def teacher_counts(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
     import tempfile
 
     from edgekd.metrics import count
-    from edgekd.onnx_export import export_onnx
+    from edgekd.export.onnx_file import export_onnx
 
     if not isinstance(model, (torch.jit.ScriptModule, ExportedTeacher)):
         return count(model, example)

@@ -22,10 +22,10 @@ from torch import nn
 from edgekd.config import Profile, TransferConfig
 from edgekd.data import DataBundle, augmentations
 from edgekd.errors import BadInputError
-from edgekd.losses import CrossEntropyObjective
+from edgekd.training.losses import CrossEntropyObjective
 from edgekd.models.weights import head_of
 from edgekd.progress import info
-from edgekd.train import TrainPlan, accuracy, fit
+from edgekd.training.loop import TrainPlan, accuracy, fit
 
 
 @dataclass

@@ -36,12 +36,12 @@ from edgekd.data import stratified_subset
 from edgekd.measure.latency import Latency
 from edgekd.measure.target_latency import target_latency
 from edgekd.metrics import count
-from edgekd.onnx_export import INPUT_NAME, export_onnx
+from edgekd.export.onnx_file import INPUT_NAME, export_onnx
 from edgekd.progress import info
 from edgekd.stages import StageContext, StageOutput
 from edgekd.stages.prune.common import (ignored_layers, importance_of, pruning_guard, recover, resume_progress,
                                         save_progress, sparse_training, taylor_gradients, validation_set)
-from edgekd.train import accuracy
+from edgekd.training.loop import accuracy
 
 CALIBRATION_IMAGES = 8
 

@@ -13,11 +13,11 @@ from edgekd import checkpoints, distributed
 from edgekd.config import PruneConfig
 from edgekd.data import stratified_subset
 from edgekd.errors import BadInputError
-from edgekd.losses import DistillationObjective
+from edgekd.training.losses import DistillationObjective
 from edgekd.metrics import count
 from edgekd.runfolder import atomic_torch_save
 from edgekd.stages import StageContext
-from edgekd.train import TrainPlan, fit, recalibrate_norms
+from edgekd.training.loop import TrainPlan, fit, recalibrate_norms
 
 RECALIBRATION_IMAGES = 2048  # training images the BatchNorm statistics are re-estimated on after a step
 

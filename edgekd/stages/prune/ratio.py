@@ -14,7 +14,7 @@ from edgekd.stages import StageContext, StageOutput
 from edgekd.stages.prune.common import (ignored_layers, make_pruner, prunable_channels, prune_until, pruning_guard,
                                         recover, resume_progress, save_progress, sparse_training, taylor_gradients,
                                         validation_set)
-from edgekd.train import accuracy
+from edgekd.training.loop import accuracy
 
 
 

@@ -19,10 +19,10 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from edgekd import checkpoints, distributed
-from edgekd.memory import keep_freed_memory
+from edgekd.training.memory import keep_freed_memory
 from edgekd.progress import progress_bar
 from edgekd.runfolder import atomic_torch_save
-from edgekd.teacher_logits import FINITE_VIEWS, IndexedDataset
+from edgekd.training.teacher_logits import FINITE_VIEWS, IndexedDataset
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class TrainPlan:
 class TrainLog:
     epoch_losses: list[float] = field(default_factory=list)
     resumed_from_epoch: int = 0
-    teacher: str = ""  # distilling stages: "table" (logits looked up, edgekd.teacher_logits) or "online"
+    teacher: str = ""  # distilling stages: "table" (logits looked up, edgekd.training.teacher_logits) or "online"
 
 
 def seed_everything(seed: int) -> None:
@@ -215,7 +215,7 @@ def fit(
     device = distributed.device()
     amp_dtype = mixed_precision_dtype(device) if plan.fast_math else None
     # a distilling objective whose teacher logits are in a table for this split and these views
-    # reads them there instead of running the teacher (edgekd.teacher_logits)
+    # reads them there instead of running the teacher (edgekd.training.teacher_logits)
     table = getattr(objective, "teacher_logits", None)
     table = table if table is not None and table.serves(dataset, plan.augment) else None
     if table is not None:

@@ -17,7 +17,7 @@ from edgekd.config import DistillConfig, DKDConfig, LSKDConfig
 from edgekd.errors import BadInputError
 
 if TYPE_CHECKING:
-    from edgekd.teacher_logits import TeacherLogits
+    from edgekd.training.teacher_logits import TeacherLogits
 
 
 class CrossEntropyObjective(nn.Module):
@@ -154,7 +154,7 @@ class DistillationObjective(nn.Module):
     def compile_teacher(self, label: str) -> None:
         """Run the frozen teacher through torch.compile (it is most of a distillation step's cost).
         Not with a hint term: that reads the teacher's features through a forward hook."""
-        from edgekd.train import CompiledOrEager
+        from edgekd.training.loop import CompiledOrEager
 
         if self.hint is None:
             self._compiled_teacher = CompiledOrEager(self.teacher, f"{label} (teacher)")
