@@ -20,14 +20,14 @@ from torch import nn
 from edgekd import __version__, checkpoints, distributed
 from edgekd.config import Profile, fingerprint, load_profile, load_target
 from edgekd.data import DataBundle, load_data
-from edgekd.errors import EdgekdError, ExitCode, Interrupted, budget_exit_code
+from edgekd.errors import EdgekdError, ExitCode, budget_exit_code
 from edgekd.verify.accuracy_budget import accuracy_floor, accuracy_verdict, pack_hits
-from edgekd.verify.latency_budget import budget_verdict, latency_met, p50_state
+from edgekd.verify.latency_budget import budget_verdict, join_accuracy, latency_met, p50_state
 from edgekd.metrics import count
 from edgekd.models import create_model, require_architecture
 from edgekd.export.onnx_file import check_parity, export_onnx
 from edgekd.progress import info
-from edgekd.runfolder import FP32_ONNX, INT8_ONNX, atomic_write_bytes, atomic_write_json, claim_on_rank0, sha256
+from edgekd.runfolder import FP32_ONNX, INT8_ONNX, atomic_write_bytes, atomic_write_json, claim_on_rank0, resumable, sha256
 from edgekd.runtimes import backend, timing_threads
 from edgekd.stages import StageContext
 from edgekd.stages.distill import DistillStage
@@ -232,17 +232,8 @@ def _run_stages(model: nn.Module, ctx: StageContext, chain_fp: str) -> tuple[nn.
 def _budget(ctx: StageContext, records: list[dict], latency: dict, note: str) -> dict:
     """Both budgets, side by side: latency (and memory) on the target, and top-1 against the teacher."""
     budget = budget_verdict(ctx.target, latency, records[-1]["size_bytes"], note)
-    accuracy = accuracy_verdict(records, ctx.profile, ctx.target)
-    budget["accuracy"] = accuracy
+    join_accuracy(budget, accuracy_verdict(records, ctx.profile, ctx.target), ctx.profile.accuracy.not_shown)
     budget["teacher"] = _against_teacher(ctx.target, records[0], records[-1], latency)
-    budget["checks"]["accuracy"] = accuracy["state"] != "MISSED"  # NOT SHOWN is no miss, and no MET either
-    latency_state = budget["state"]
-    budget["latency_state"] = latency_state
-    budget["met"] = all(budget["checks"].values()) and accuracy["state"] == "MET" and latency_state == "MET"
-    shown = "NOT SHOWN" if "NOT SHOWN" in (accuracy["state"], latency_state) else "MET"
-    budget["state"] = "MISSED" if not all(budget["checks"].values()) else shown
-    # the profile's option passes an accuracy NOT SHOWN; a latency one needs the device (edgekd bench there)
-    budget["not_shown_passes"] = ctx.profile.accuracy.not_shown == "pass" and latency_state != "NOT SHOWN"
     fit = next((r["details"]["budget_fit"] for r in records if "budget_fit" in r.get("details", {})), None)
     if fit is not None:
         budget["pruning"] = pruning_line(fit, budget)
@@ -345,16 +336,7 @@ def saved_options(run_dir: Path) -> dict:
 
 
 def compress(options: CompressOptions) -> CompressResult:
-    claimed: dict = {}  # the run folder and its lock, once claimed
-    try:
-        return _compress(options, claimed)
-    except KeyboardInterrupt:
-        run_dir = claimed.get("run_dir", options.run_dir)
-        raise Interrupted(f"interrupted; completed stages and the last epoch checkpoint are kept in {run_dir}. "
-                          f"Resume with: edgekd compress --resume {run_dir}") from None
-    finally:
-        if claimed.get("lock") is not None:
-            claimed["lock"].release()
+    return resumable(lambda claimed: _compress(options, claimed), options.run_dir)
 
 
 def _compress(options: CompressOptions, claimed: dict) -> CompressResult:

@@ -368,3 +368,21 @@ def claim_on_rank0(root: Path | None, default: Path, *, resume: bool, overwrite:
         run.run_id = run_id
         return run, lock
     raise (EnvironmentProblem if kind == "environment" else BadInputError if kind == "bad" else RuntimeError)(text)
+
+
+def resumable(body, run_dir: Path | None):
+    """`body(claimed)` for one compression: it puts the run folder ("run_dir") and its lock ("lock") in
+    `claimed` once it has them. Ctrl-C becomes the one-line `Interrupted` naming the folder to resume, and
+    the lock is released however the run ends."""
+    from edgekd.errors import Interrupted
+
+    claimed: dict = {}
+    try:
+        return body(claimed)
+    except KeyboardInterrupt:
+        run_dir = claimed.get("run_dir", run_dir)
+        raise Interrupted(f"interrupted; completed stages and the last epoch checkpoint are kept in {run_dir}. "
+                          f"Resume with: edgekd compress --resume {run_dir}") from None
+    finally:
+        if claimed.get("lock") is not None:
+            claimed["lock"].release()

@@ -22,14 +22,13 @@ from torch import nn
 from edgekd import __version__, checkpoints, distributed
 from edgekd.config import Profile, Target, fingerprint, load_profile, load_target
 from edgekd.detection.sources import DetectionData, load_detection_data
-from edgekd.errors import BadInputError, EdgekdError, ExitCode, Interrupted, budget_exit_code
+from edgekd.errors import BadInputError, EdgekdError, ExitCode, budget_exit_code
 from edgekd.progress import info
-from edgekd.runfolder import FP32_ONNX, INT8_ONNX, RunFolder, atomic_write_bytes, atomic_write_json, claim_on_rank0
+from edgekd.runfolder import FP32_ONNX, INT8_ONNX, RunFolder, atomic_write_bytes, atomic_write_json, claim_on_rank0, resumable
 from edgekd.training.loop import TrainPlan
 
 REPORT = "report.json"
 EXAMPLE_IMAGES = 64  # choice-split images for tracing, export checks and calibration of the placement
-
 
 
 @dataclass
@@ -77,16 +76,7 @@ class _Run:
 
 
 def compress_detector(options: DetectOptions) -> DetectResult:
-    claimed: dict = {}
-    try:
-        return _compress(options, claimed)
-    except KeyboardInterrupt:
-        run_dir = claimed.get("run_dir", options.run_dir)
-        raise Interrupted(f"interrupted; completed stages and the last epoch checkpoint are kept in {run_dir}. "
-                          f"Resume with: edgekd compress --resume {run_dir}") from None
-    finally:
-        if claimed.get("lock") is not None:
-            claimed["lock"].release()
+    return resumable(lambda claimed: _compress(options, claimed), options.run_dir)
 
 
 def _profile(options: DetectOptions) -> Profile:
@@ -398,13 +388,13 @@ def _finish(ctx: _Run, records: list[dict], options: DetectOptions, seconds: flo
     from edgekd.detection.verdict import map_verdict, postprocess_latency
     from edgekd.measure.target_latency import target_latency
     from edgekd.runtimes import backend
-    from edgekd.verify.latency_budget import budget_verdict
+    from edgekd.verify.latency_budget import budget_verdict, join_accuracy
 
     run, target = ctx.run, ctx.target
     int8 = next((r for r in records if r["precision"] == "int8"), None)
-    for r in records[1:]:
+    for parent, r in zip(records, records[1:]):
         if r["macs"] is None:  # a quantized graph counts as the FP32 graph it was made from
-            r["macs"], r["params"] = records[records.index(r) - 1]["macs"], records[records.index(r) - 1]["params"]
+            r["macs"], r["params"] = parent["macs"], parent["params"]
     records = [{**r, **target_latency(run.root / r["onnx"], target, label=f"{r['name']} latency",
                                       measure_here=options.measure_here).as_record()} for r in records]
     final = records[-1]
@@ -420,15 +410,8 @@ def _finish(ctx: _Run, records: list[dict], options: DetectOptions, seconds: flo
     budget = budget_verdict(target, judged["latency_ms"], judged["size_bytes"], judged["latency_note"])
     if shipped and shipped["warning"]:
         budget["verdict"] += f". {shipped['warning']}"
-    accuracy = map_verdict(ctx, [*records[:-1], judged] if judged is not final else records)
-    budget["accuracy"] = accuracy
-    budget["checks"]["accuracy"] = accuracy["state"] != "MISSED"
-    latency_state = budget["state"]
-    budget["latency_state"] = latency_state
-    budget["met"] = all(budget["checks"].values()) and accuracy["state"] == "MET" and latency_state == "MET"
-    shown = "NOT SHOWN" if "NOT SHOWN" in (accuracy["state"], latency_state) else "MET"
-    budget["state"] = "MISSED" if not all(budget["checks"].values()) else shown
-    budget["not_shown_passes"] = ctx.profile.accuracy.not_shown == "pass" and latency_state != "NOT SHOWN"
+    join_accuracy(budget, map_verdict(ctx, [*records[:-1], judged] if judged is not final else records),
+                  ctx.profile.accuracy.not_shown)
     tensorrt = ort_format = None
     if int8 is not None and backend(target).needs_engine:
         from edgekd.export.tensorrt_engine import prepare_engine

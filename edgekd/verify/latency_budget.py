@@ -75,3 +75,19 @@ def budget_verdict(target: Target, latency: dict, size_bytes: int, note: str = "
         "on_target": latency["source"] == "measured" and not note,
         "verdict": f"{state} on {target.name}: {stated}; {basis}",
     }
+
+
+def join_accuracy(budget: dict, accuracy: dict, not_shown: str) -> dict:
+    """One verdict from the latency record (`budget_verdict`) and an accuracy verdict (MET, MISSED or NOT
+    SHOWN), in place: what `report.json` -> `budget` holds and the exit code follows. `not_shown`: the
+    profile's `[accuracy] not_shown` ("pass" lets an accuracy NOT SHOWN exit 0; a latency one needs the
+    device, `edgekd bench` there)."""
+    budget["accuracy"] = accuracy
+    budget["checks"]["accuracy"] = accuracy["state"] != MISSED  # NOT SHOWN is no miss, and no MET either
+    latency_state = budget["state"]
+    budget["latency_state"] = latency_state
+    budget["met"] = all(budget["checks"].values()) and accuracy["state"] == MET and latency_state == MET
+    shown = NOT_SHOWN if NOT_SHOWN in (accuracy["state"], latency_state) else MET
+    budget["state"] = MISSED if not all(budget["checks"].values()) else shown
+    budget["not_shown_passes"] = not_shown == "pass" and latency_state != NOT_SHOWN
+    return budget
