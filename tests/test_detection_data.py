@@ -127,6 +127,25 @@ def test_same_seed_gives_identical_files_and_another_seed_differs(tmp_path):
     assert a["coco/instances_train.json"] != c["coco/instances_train.json"]
 
 
+def test_split_counts_set_each_splits_size_and_keep_the_clip_art_apart(tmp_path):
+    made = make_synthetic(tmp_path / "s", n_images=9, image_size=64, seed=2, split_counts=(2, 3, 4))
+    assert [len(made.samples[split]) for split in ("train", "val", "test")] == [2, 3, 4]
+    objects = {split: set(made.sources[split]["objects"]) for split in ("train", "val", "test")}
+    assert not (objects["train"] & objects["test"]) and not (objects["val"] & objects["test"])
+    with pytest.raises(BadInputError, match="add up to n_images"):
+        make_synthetic(tmp_path / "t", n_images=9, split_counts=(2, 3, 5))
+
+
+def test_a_profile_gives_split_sizes_or_a_total_not_two_that_disagree():
+    from pydantic import ValidationError
+
+    from edgekd.config import DetectConfig
+
+    assert DetectConfig(synthetic_split=(70, 30, 90)).images_made == 190
+    with pytest.raises(ValidationError, match="not the sum of synthetic_split"):
+        DetectConfig(synthetic_images=100, synthetic_split=(70, 30, 90))
+
+
 def test_synthetic_refuses_a_folder_in_use(tmp_path):
     (tmp_path / "old.txt").write_text("x")
     with pytest.raises(BadInputError, match="not an empty folder"):

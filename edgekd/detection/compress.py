@@ -104,8 +104,8 @@ def _compress(options: DetectOptions, claimed: dict) -> DetectResult:
     cache_dir = Path(options.cache_dir or default_cache_dir())
     teacher_file = _teacher_file(options.teacher)
     data = load_detection_data(options.data, cfg.image_size, bad_boxes=cfg.bad_boxes,
-                               synthetic_images=cfg.synthetic_images, choice_fraction=cfg.choice_fraction,
-                               seed=profile.seed, cache_dir=cache_dir)
+                               synthetic_images=cfg.images_made, choice_fraction=cfg.choice_fraction,
+                               seed=profile.seed, cache_dir=cache_dir, synthetic_split=cfg.synthetic_split)
     run, claimed["lock"] = claim_on_rank0(options.run_dir, default_run_dir(target.name),
                                           resume=options.resume, overwrite=options.overwrite)
     claimed["run_dir"] = run.root

@@ -540,7 +540,7 @@ class SyntheticSet:
 
 
 def make_synthetic(out_dir: Path | str, n_images: int, image_size: int = 160, seed: int = 0, *,
-                   clipart_dir: Path = CLIPART_DIR) -> SyntheticSet:
+                   clipart_dir: Path = CLIPART_DIR, split_counts: tuple[int, int, int] | None = None) -> SyntheticSet:
     """A detection set made offline from real pictures, written as COCO and as YOLO from the same boxes.
 
     Objects are openclipart PNGs of five folders (animals, food, people, tools, transportation, one
@@ -554,9 +554,17 @@ def make_synthetic(out_dir: Path | str, n_images: int, image_size: int = 160, se
     given to exactly one split (70/15/15 per folder, seeded), so no object or background picture
     is seen in two splits. The same seed gives byte-identical files.
 
+    `split_counts` (train, val, test) sets each split's image count instead (their sum is
+    `n_images`): larger held-out splits make a verdict decidable without more training images.
+    The clip-art files are still dealt 70/15/15, so held-out images recombine their own objects.
+
     Writes `coco/<split>/*.png` with `coco/instances_<split>.json`, `yolo/{images,labels}/<split>/`
     with `yolo/data.yaml`, and `sources.json` (the clip-art files each split used)."""
     out_dir, clipart_dir = Path(out_dir), Path(clipart_dir)
+    if split_counts is not None and (len(split_counts) != len(SPLITS) or min(split_counts) < 1
+                                     or sum(split_counts) != n_images):
+        raise BadInputError(f"make_synthetic: split_counts {tuple(split_counts)} must be {len(SPLITS)} positive "
+                            f"counts that add up to n_images ({n_images})")
     if n_images < len(SPLITS):
         raise BadInputError(f"make_synthetic needs at least {len(SPLITS)} images (one per split), not {n_images}")
     if image_size < 32 or seed < 0:
@@ -567,7 +575,7 @@ def make_synthetic(out_dir: Path | str, n_images: int, image_size: int = 160, se
     scenery = [_split_files(clipart_dir, folder, seed) for folder in BACKGROUND_FOLDERS]
     art = _ClipArt(image_size)
     classes, samples, sources, hidden = list(SYNTHETIC_CLASSES), {}, {}, {}
-    for split_index, (split, count) in enumerate(zip(SPLITS, _split_counts(n_images))):
+    for split_index, (split, count) in enumerate(zip(SPLITS, split_counts or _split_counts(n_images))):
         pools = [files[split_index] for files in objects]
         backgrounds = [f for files in scenery for f in files[split_index]]
         used: dict[str, set[Path]] = {"objects": set(), "backgrounds": set()}

@@ -54,12 +54,13 @@ def _boxes(split: DetectionSet) -> int:
 
 
 def load_detection_data(path: str | None, image_size: int, *, bad_boxes: str, synthetic_images: int,
-                        choice_fraction: float, seed: int, cache_dir: Path) -> DetectionData:
+                        choice_fraction: float, seed: int, cache_dir: Path,
+                        synthetic_split: tuple[int, int, int] | None = None) -> DetectionData:
     """A COCO tree (`instances_<split>*.json` at the top or under `annotations/`, images in
     `<split>*/` or `images/<split>*/`), a YOLO tree (`data.yaml`), or with no path the synthetic
     clip-art set, made once per (size, count, seed) under `cache_dir`."""
     if path is None:
-        return _synthetic(image_size, synthetic_images, seed, Path(cache_dir))
+        return _synthetic(image_size, synthetic_images, seed, Path(cache_dir), synthetic_split)
     root = Path(path)
     if not root.is_dir():
         raise BadInputError(f"--data {root}: not a folder (a COCO tree with instances_*.json, or a YOLO tree "
@@ -73,10 +74,12 @@ def load_detection_data(path: str | None, image_size: int, *, bad_boxes: str, sy
     return _roles(str(root), fmt, splits, choice_fraction, seed)
 
 
-def _synthetic(image_size: int, images: int, seed: int, cache_dir: Path) -> DetectionData:
+def _synthetic(image_size: int, images: int, seed: int, cache_dir: Path,
+               split_counts: tuple[int, int, int] | None = None) -> DetectionData:
     from edgekd.runfolder import disk_errors
 
-    folder = cache_dir / f"detect-synthetic-{image_size}px-{images}-seed{seed}"
+    counts = "" if split_counts is None else "-split" + "-".join(str(n) for n in split_counts)
+    folder = cache_dir / f"detect-synthetic-{image_size}px-{images}{counts}-seed{seed}"
     if not (folder / "sources.json").is_file():  # written last: a folder without it is an interrupted build
         partial = folder.with_name(folder.name + ".partial")
         import shutil
@@ -84,7 +87,7 @@ def _synthetic(image_size: int, images: int, seed: int, cache_dir: Path) -> Dete
         with disk_errors(cache_dir):
             shutil.rmtree(partial, ignore_errors=True)
             partial.parent.mkdir(parents=True, exist_ok=True)
-            make_synthetic(partial, images, image_size=image_size, seed=seed)
+            make_synthetic(partial, images, image_size=image_size, seed=seed, split_counts=split_counts)
             shutil.rmtree(folder, ignore_errors=True)
             partial.rename(folder)
     splits = {}

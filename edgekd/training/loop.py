@@ -20,6 +20,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from edgekd import checkpoints, distributed
 from edgekd.training.memory import keep_freed_memory
+from edgekd.training.workers import sigchld_restored
 from edgekd.progress import progress_bar
 from edgekd.runfolder import atomic_torch_save
 from edgekd.training.teacher_logits import FINITE_VIEWS, IndexedDataset
@@ -260,56 +261,57 @@ def fit(
             torch.set_rng_state(state["rng"])
             log.epoch_losses = list(state["losses"])
             start = log.resumed_from_epoch = state["epoch"] + 1
-    for epoch in range(start, epochs):
-        sampler.set_epoch(epoch)
-        augment_rng = torch.Generator().manual_seed(plan.seed * 1000 + epoch * 10 + distributed.rank())
-        objective.train()
-        wrapped.train()
-        if plan.frozen_norm:
-            for module in trainable.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        total, batches = 0.0, 0
-        with progress_bar(f"{label} epoch {epoch + 1}/{epochs}", len(loader)) as advance:
-            for step, batch in enumerate(loader, start=epoch * len(loader)):
-                if hasattr(objective, "set_progress"):  # losses with a warm-up (DKD) read how far training is
-                    objective.set_progress(step / max(1, epochs * len(loader)))
-                x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-                x, view = augment_with_views(x, plan.augment, augment_rng)
-                known = None if table is None else table.lookup(batch[2], view, device)
-                if fast:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=fast):
-                    output = forward(x)
-                    loss = objective(output, x, y) if known is None else objective(output, x, y, teacher_logits=known)
-                _stop_if_diverged(loss, label, plan.lr, epoch, batches)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if after_backward is not None:  # e.g. group-lasso gradients for sparse training before pruning
-                    scaler.unscale_(optimizer)  # it adds to true gradients, not loss-scaled ones
-                    after_backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                total += float(loss.detach())
-                batches += 1
-                advance(loss=total / batches)
-        log.epoch_losses.append(distributed.mean_across_ranks(total / max(1, batches)))
-        if checkpoint is not None and distributed.is_main():
-            atomic_torch_save(
-                {
-                    "fingerprint": fingerprint,
-                    "world_size": distributed.world_size(),
-                    "epoch": epoch,
-                    "trainable": trainable.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "losses": log.epoch_losses,
-                },
-                checkpoint,
-            )
-        distributed.barrier()
+    with sigchld_restored():  # worker processes leave torch's SIGCHLD handler behind
+        for epoch in range(start, epochs):
+            sampler.set_epoch(epoch)
+            augment_rng = torch.Generator().manual_seed(plan.seed * 1000 + epoch * 10 + distributed.rank())
+            objective.train()
+            wrapped.train()
+            if plan.frozen_norm:
+                for module in trainable.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
+            total, batches = 0.0, 0
+            with progress_bar(f"{label} epoch {epoch + 1}/{epochs}", len(loader)) as advance:
+                for step, batch in enumerate(loader, start=epoch * len(loader)):
+                    if hasattr(objective, "set_progress"):  # losses with a warm-up (DKD) read how far training is
+                        objective.set_progress(step / max(1, epochs * len(loader)))
+                    x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+                    x, view = augment_with_views(x, plan.augment, augment_rng)
+                    known = None if table is None else table.lookup(batch[2], view, device)
+                    if fast:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=fast):
+                        output = forward(x)
+                        loss = objective(output, x, y) if known is None else objective(output, x, y, teacher_logits=known)
+                    _stop_if_diverged(loss, label, plan.lr, epoch, batches)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    if after_backward is not None:  # e.g. group-lasso gradients for sparse training before pruning
+                        scaler.unscale_(optimizer)  # it adds to true gradients, not loss-scaled ones
+                        after_backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    total += float(loss.detach())
+                    batches += 1
+                    advance(loss=total / batches)
+            log.epoch_losses.append(distributed.mean_across_ranks(total / max(1, batches)))
+            if checkpoint is not None and distributed.is_main():
+                atomic_torch_save(
+                    {
+                        "fingerprint": fingerprint,
+                        "world_size": distributed.world_size(),
+                        "epoch": epoch,
+                        "trainable": trainable.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "rng": torch.get_rng_state(),
+                        "losses": log.epoch_losses,
+                    },
+                    checkpoint,
+                )
+            distributed.barrier()
     if fast:
         trainable.to(memory_format=torch.contiguous_format)
     trainable.cpu()  # later stages count, export and prune on the CPU
