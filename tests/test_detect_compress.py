@@ -104,9 +104,12 @@ def test_the_offline_default_runs_the_whole_chain_and_resumes_without_redoing_it
     assert "post-processing: decode + NMS" in result.stdout
 
     again = edgekd("compress", "--resume", str(run), env={"EDGEKD_QUIET": "0"})
-    assert again.returncode == result.returncode, again.stderr
     assert again.stderr.count("skipped") == 4 and "epoch" not in again.stderr
     resumed = _report(run)
+    # a resume measures latency again, so on a loaded machine its latency verdict (and the exit
+    # code with it) may differ from the first run's; the code still agrees with its own report
+    _agrees_with_exit_code(resumed, again.returncode)
+    assert resumed["budget"]["accuracy"]["state"] == accuracy["state"]
     assert [s["reported"] for s in resumed["stages"]] == [s["reported"] for s in report["stages"]]
     assert resumed["budget"]["accuracy"]["drop_upper_points"] == accuracy["drop_upper_points"]
     for command in (("report", str(run)), ("check", str(run / "report.json"), "--baseline", str(run / "report.json"))):
