@@ -12,15 +12,13 @@ import sys
 
 from torch.utils.data import Subset
 
-from tests.conftest import REPO
 from edgekd.models import create_model
 from edgekd.training.losses import CrossEntropyObjective
 from edgekd.training.loop import TrainPlan, fit
 
 # a bare DataLoader with a worker, as torch leaves it: its handler stays after the loader is gone
 BARE_LOADER = """
-import signal, sys, torch
-sys.path.insert(0, {repo!r})
+import signal, torch
 from torch.utils.data import DataLoader, TensorDataset
 for _ in DataLoader(TensorDataset(torch.zeros(8, 1)), batch_size=4, num_workers=1):
     pass
@@ -29,7 +27,7 @@ print(signal.getsignal(signal.SIGCHLD) not in (signal.SIG_DFL, None))
 
 
 def test_torch_leaves_its_sigchld_handler_behind_without_edgekd():
-    done = subprocess.run([sys.executable, "-c", BARE_LOADER.format(repo=str(REPO))],
+    done = subprocess.run([sys.executable, "-c", BARE_LOADER],
                           capture_output=True, text=True, check=True, timeout=120)
     assert done.stdout.split()[-1] == "True"
 

@@ -1,13 +1,14 @@
 """DataLoader worker processes leave a SIGCHLD handler behind: put the process's own one back.
 
 The first DataLoader with `num_workers > 0` installs torch's SIGCHLD handler in the main thread
-(it checks for dead workers) and leaves it there for the rest of the process. With it left
-installed, a one-process pytest run crashed, SIGSEGV from the kernel (`si_code` SI_KERNEL, the
-main thread at the first instruction of `malloc`), at the next test that started and reaped child
-processes: on the AMX Xeon, the Xeon without BF16, and on an AMD EPYC with oneDNN capped at the
-first one's ISA (`ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI`). With the disposition restored after each
-test, the same run passed (docs/development.md). A notebook or service that calls edgekd's
-Python API, then starts subprocesses, is the same process; so `fit` restores it itself.
+(it checks for dead workers) and leaves it there for the rest of the process. A one-process pytest
+run crashed (SIGSEGV sent by the kernel, `si_code` SI_KERNEL, the main thread entering `malloc`) at
+the next test that started and reaped child processes. That was seen on the AMX Xeon and the Xeon
+without BF16, and reproduced on an AMD EPYC with oneDNN capped at the latter's ISA
+(`ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI`). There, with SIGCHLD reset after each test, the same tests
+ran without a crash (docs/development.md); the handler's part on the Xeons is inferred, not shown.
+A notebook or service that calls edgekd's Python API and then starts subprocesses is the same
+kind of process, so `fit` puts SIGCHLD back itself.
 """
 
 from __future__ import annotations
