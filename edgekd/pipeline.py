@@ -119,7 +119,7 @@ def _check_export(model: nn.Module, ctx: StageContext, path: Path, precision: st
     export = ctx.profile.export
     int8 = precision == "int8"
     atol = export.int8_atol if int8 else export.atol
-    parity = check_parity(model, path, ctx.example, atol, rtol=export.int8_rtol if int8 else 0.0)
+    parity = check_parity(model, path, ctx.example, atol, rtol=export.int8_rtol if int8 else export.rtol)
     agreement_needed = export.min_top1_agreement if int8 else 0.0
     if enforce and (not parity.ok or parity.decided_agreement < agreement_needed):
         raise ExportMismatch(

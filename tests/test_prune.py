@@ -67,3 +67,22 @@ def test_batchnorm_statistics_are_measured_again_after_a_pruning_step(fashion_sl
         outputs = net[0](torch.stack([images[i][0] for i in range(len(images))]))
     assert torch.allclose(net[1].running_mean, outputs.mean((0, 2, 3)), atol=1e-4)
     assert torch.allclose(net[1].running_var, outputs.var((0, 2, 3)), rtol=0.05)
+
+
+def test_fp32_parity_scales_with_the_logits_and_still_catches_a_wrong_file(tmp_path, test_images):
+    """A teacher trained with a hot learning rate can have logits in the thousands: float32 rounding
+    then exceeds a fixed 1e-3 (seen on a torchvision resnet18), so the tolerance follows their range;
+    a file that computes a different model is still refused."""
+    from edgekd.config import ExportConfig
+
+    export = ExportConfig()
+    torch.manual_seed(0)
+    model = create_model("edgekd_cnn", 10, (1, 28, 28)).eval()
+    with torch.no_grad():
+        model.classifier.weight.mul_(1e7)
+    path = export_onnx(model, test_images, tmp_path / "hot.onnx")
+    parity = check_parity(model, path, test_images[:32], atol=export.atol, rtol=export.rtol)
+    assert parity.max_abs_diff > export.atol and parity.ok  # a fixed tolerance would refuse a right file
+    with torch.no_grad():
+        model.classifier.weight.mul_(1.01)  # the file now holds a model 1% away from this one
+    assert not check_parity(model, path, test_images[:32], atol=export.atol, rtol=export.rtol).ok

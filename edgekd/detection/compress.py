@@ -352,7 +352,7 @@ def _record(ctx: _Run, name: str, model: nn.Module, precision: str, details: dic
         from edgekd.detection.quantize import export_fp32
 
         path = export_fp32(model, ctx.example, ctx.run.path(f"stages/{name}.onnx"))
-        parity = check_parity(model, path, ctx.example, export.atol, rtol=1e-4)
+        parity = check_parity(model, path, ctx.example, export.atol, rtol=export.rtol)
     if not parity.ok:
         raise EdgekdError(f"{name}: the exported {precision.upper()} file {path.name} disagrees with the model it came "
                           f"from: max |output difference| {parity.max_abs_diff:.3g} (tolerance {parity.atol:.3g})")

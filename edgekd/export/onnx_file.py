@@ -41,8 +41,9 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int 
 class Parity:
     """How closely ONNX Runtime's logits follow PyTorch's on the same images.
 
-    `atol` is the tolerance applied: the profile's absolute one, or, for INT8, that share of the
-    logits' range where it is larger. An INT8 file rounds each activation in its own kernels, and
+    `atol` is the tolerance applied: the profile's absolute one, or a share of the logits' range
+    where that is larger (`[export] rtol` for FP32, whose float32 rounding scales with the logits;
+    `int8_rtol` for INT8). An INT8 file rounds each activation in its own kernels, and
     one-step rounding differences add up over a deep network: a Lite0 with 16 depthwise layers
     drifts by 1-4% of its logits' range from its fake-quantized model (docs/transfer.md), whatever
     their scale, while an exporter's mistake moves them by a quarter of it. `decided` counts the
