@@ -51,7 +51,7 @@ def test_exported_students_have_a_dynamic_batch_and_checked_parity(smoke_run, te
     stages = {s["name"]: s for s in report["stages"]}
     for name in ("distill", "prune"):
         parity = stages[name]["details"]["parity"]
-        assert parity["max_abs_diff"] <= parity["atol"] == 1e-3
+        assert parity["max_abs_diff"] <= parity["atol"] == pytest.approx(max(1e-3, 1e-4 * parity["logit_range"]))
     int8 = stages["quantize"]["details"]["parity"]
     assert int8["max_abs_diff"] <= int8["atol"] and int8["top1_agreement"] >= 0.98
 
