@@ -20,26 +20,24 @@ from torch import nn
 from edgekd import __version__, checkpoints, distributed
 from edgekd.config import Profile, fingerprint, load_profile, load_target
 from edgekd.data import DataBundle, load_data
-from edgekd.errors import EdgekdError, ExitCode, budget_exit_code
-from edgekd.verify.accuracy_budget import accuracy_floor, accuracy_verdict, pack_hits
+from edgekd.errors import ExitCode, budget_exit_code
+from edgekd.verify.accuracy_budget import accuracy_floor, accuracy_verdict
 from edgekd.verify.latency_budget import budget_verdict, join_accuracy, latency_met, p50_state
 from edgekd.metrics import count
 from edgekd.models import create_model, require_architecture
-from edgekd.export.onnx_file import check_parity, export_onnx
 from edgekd.progress import info
-from edgekd.runfolder import FP32_ONNX, INT8_ONNX, atomic_write_bytes, atomic_write_json, claim_on_rank0, resumable, sha256
+from edgekd.runfolder import FP32_ONNX, RunResult, atomic_write_bytes, atomic_write_json, claim_on_rank0, resumable, sha256
 from edgekd.runtimes import backend, timing_threads
 from edgekd.stages import StageContext
+from edgekd.stages.record import StageRecord, record_stage
 from edgekd.stages.distill import DistillStage
 from edgekd.stages.prune import PruneStage
 from edgekd.stages.quantize import QuantizeStage
 from edgekd.stages.teacher import Teacher, TeacherSource, default_cache_dir, obtain_teacher, teacher_counts
 from edgekd.training.teacher_logits import TeacherLogits
-from edgekd.training.loop import correct_onnx
 from edgekd.measure.target_latency import off_target_label, on_target_device, target_latency
 
 STAGES = (DistillStage(), PruneStage(), QuantizeStage())  # in this order; nothing prunes after QAT
-EVAL_THREADS = 2  # ONNX Runtime threads for measuring accuracy on the exported files
 REPORT = "report.json"
 
 
@@ -89,107 +87,25 @@ def default_run_dir(target: str) -> Path:
     return Path("runs") / f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{target}"
 
 
-@dataclass
-class CompressResult:
-    report: dict
-    run_dir: Path
-    exit_code: ExitCode
-
-
-class ExportMismatch(EdgekdError):
-    """The exported file does not compute what the model it came from computes."""
-
-
-def _export(model: nn.Module, ctx: StageContext, path: Path, precision: str) -> None:
-    export_onnx(model, ctx.example, path, ctx.profile.export.opset)
-    if precision == "int8":
-        from edgekd.runtimes.onnxruntime import store_int8_weights
-
-        store_int8_weights(path)
-
-
-def _check_export(model: nn.Module, ctx: StageContext, path: Path, precision: str, stage: str,
-                  enforce: bool = True) -> dict:
-    """Run the file in ONNX Runtime on real images and compare with the model it came from: the
-    INT8 file (all-INT8, with the quantizers placed for the target's runtime) against the
-    fake-quantized model, within the profile's tolerance and top-1 agreement. `enforce=False`: a
-    mixed file computes more exactly than the fake-quantized model (its float layers skip the
-    rounding), so it is not that model; its agreement is recorded, and its accuracy, measured on it
-    right after, is what the accuracy budget judges."""
-    export = ctx.profile.export
-    int8 = precision == "int8"
-    atol = export.int8_atol if int8 else export.atol
-    parity = check_parity(model, path, ctx.example, atol, rtol=export.int8_rtol if int8 else export.rtol)
-    agreement_needed = export.min_top1_agreement if int8 else 0.0
-    if enforce and (not parity.ok or parity.decided_agreement < agreement_needed):
-        raise ExportMismatch(
-            f"{stage}: the exported {precision.upper()} file {path.name} disagrees with the model it came from: "
-            f"max |logit difference| {parity.max_abs_diff:.3g} (tolerance {parity.atol:.3g}), top-1 agreement "
-            f"{100 * parity.decided_agreement:.1f}% on the {parity.decided} of {parity.samples} images that are no "
-            f"near tie (needed {100 * agreement_needed:.0f}%)")
-    return parity.as_dict()
-
-
-def record_stage(name: str, model: nn.Module, ctx: StageContext, *, precision: str, counts: tuple[int, int],
-                 seconds: float, details: dict, parent_onnx: Path | None = None) -> dict:
-    """One record for every stage, the teacher included: export the model, check the export,
-    and measure top-1 on the exported file (validation decides, test is reported), so every
-    accuracy in the report is the accuracy of a file that exists. No latency: that belongs to
-    (file, target, machine) and is computed for the run's target when the report is written."""
-    from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner
-
-    path = ctx.run.path(INT8_ONNX if precision == "int8" else f"stages/{name}.onnx")
-    _export(model, ctx, path, precision)
-    if precision == "int8":  # quantizers where the target's runtime fuses them; FP32 where INT8 measures slower
-        from edgekd.export.int8_fit import fit_int8_to_target
-
-        checked: dict = {}
-        fit = fit_int8_to_target(path, parent_onnx, ctx,
-                                 check=lambda: checked.update(_check_export(model, ctx, path, precision, name)))
-        details = {**details, "runtime_fit": fit}
-        parity = checked
-        if fit.get("layers_kept_float"):
-            parity["mixed"] = _check_export(model, ctx, path, precision, name, enforce=False)
-    else:
-        parity = _check_export(model, ctx, path, precision, name)
-    runner = OnnxRuntimeRunner(path, threads=EVAL_THREADS)
-    val_hits, test_hits = correct_onnx(runner, ctx.data.val), correct_onnx(runner, ctx.data.test)
-    return {
-        "name": name,
-        "precision": precision,
-        "accuracy": float(test_hits.mean()) if len(test_hits) else 0.0,
-        "test_images": len(test_hits),
-        "test_correct": pack_hits(test_hits),  # per test image, for the paired accuracy verdict
-        "val_accuracy": float(val_hits.mean()),
-        "params": counts[1],
-        "macs": counts[0],
-        "size_bytes": path.stat().st_size,
-        "onnx": ctx.run.relative(path),
-        "seconds": round(seconds, 2),
-        "details": {**details, "parity": parity},
-    }
-
-
-def _teacher_stage(teacher: Teacher, ctx: StageContext) -> dict:
+def _teacher_stage(teacher: Teacher, ctx: StageContext) -> StageRecord:
     fp = fingerprint("teacher", teacher.fingerprint, ctx.profile.export, ctx.data.splits,
                      len(ctx.data.val), len(ctx.data.test))
     done = ctx.run.completed("teacher", fp)
     if done is not None:
-        return {**done, "resumed": True}
+        return StageRecord.from_dict(done).resumed_from_folder()
     record = None
     if distributed.is_main():
         started = time.perf_counter()
         record = record_stage("teacher", teacher.model, ctx, precision="fp32", counts=teacher_counts(teacher.model, ctx.example),
                               seconds=0.0, details={"origin": teacher.origin, **teacher.details})
         # the stage's time is obtaining the teacher (training it, on a cold run) plus recording it
-        record["seconds"] = round(teacher.details.get("obtain_seconds", 0.0) + time.perf_counter() - started, 2)
-        ctx.run.mark_done("teacher", fp, record, [ctx.run.root / record["onnx"]])
+        record = replace(record, seconds=round(teacher.details.get("obtain_seconds", 0.0) + time.perf_counter() - started, 2))
+        ctx.run.mark_done("teacher", fp, record.as_saved(), [ctx.run.root / record.onnx])
     return distributed.broadcast(record)
 
 
-def _run_stages(model: nn.Module, ctx: StageContext, chain_fp: str) -> tuple[nn.Module, list[dict]]:
-    records = []
-    last_counts = None
+def _run_stages(model: nn.Module, ctx: StageContext, chain_fp: str) -> tuple[nn.Module, list[StageRecord]]:
+    records: list[StageRecord] = []
     for stage in STAGES:
         if not stage.enabled(ctx.profile):
             continue
@@ -200,8 +116,7 @@ def _run_stages(model: nn.Module, ctx: StageContext, chain_fp: str) -> tuple[nn.
             info(f"{stage.name}: complete in ", user_text=f"{ctx.run.root}, skipped")
             if checkpoint.is_file():
                 model = checkpoints.load_model(checkpoint, like=model)
-            records.append({**done, "resumed": True})
-            last_counts = (done["macs"], done["params"])
+            records.append(StageRecord.from_dict(done).resumed_from_folder())
             chain_fp = fp
             continue
         started = time.perf_counter()
@@ -210,20 +125,18 @@ def _run_stages(model: nn.Module, ctx: StageContext, chain_fp: str) -> tuple[nn.
         record = None
         if distributed.is_main():
             # a quantized graph counts as the FP32 graph it was made from
-            counts = (last_counts or count(model, ctx.example)) if output.precision == "int8" \
-                else count(output.model, ctx.example)
+            counts = ((records[-1].macs, records[-1].params) if records else count(model, ctx.example)) \
+                if output.precision == "int8" else count(output.model, ctx.example)
             record = record_stage(stage.name, output.model, ctx, precision=output.precision, counts=counts,
                                   seconds=seconds, details=output.details,
-                                  parent_onnx=ctx.run.root / records[-1]["onnx"] if records else None)
-            files = [ctx.run.root / record["onnx"]]
+                                  parent_onnx=ctx.run.root / records[-1].onnx if records else None)
+            files = [ctx.run.root / record.onnx]
             if output.precision == "fp32":
                 checkpoints.save_model(output.model, checkpoint)
                 files.append(checkpoint)
-            ctx.run.mark_done(stage.name, fp, record, files)
+            ctx.run.mark_done(stage.name, fp, record.as_saved(), files)
             ctx.run.path(f"progress/{stage.name}.pt").unlink(missing_ok=True)
-        record = distributed.broadcast(record)
-        records.append({**record, "resumed": False})
-        last_counts = (record["macs"], record["params"])
+        records.append(distributed.broadcast(record))
         model = output.model
         chain_fp = fp
     return model, records
@@ -282,16 +195,16 @@ def _source_and_range(latency: dict) -> str:
     return latency.get("source", "")
 
 
-def _latencies(ctx: StageContext, records: list[dict], measure_here: bool) -> list[dict]:
-    """Every stage's latency for this run's target on this machine, from its saved ONNX file: so a
-    run resumed with another target reports that target's numbers, never the old one's."""
-    return [{**record, **target_latency(ctx.run.root / record["onnx"], ctx.target, label=f"{record['name']} latency",
-                                        measure_here=measure_here).as_record()} for record in records]
+def _latencies(ctx: StageContext, records: list[StageRecord], measure_here: bool) -> list[dict]:
+    """The report's stage rows: each record with its file's latency for this run's target on this
+    machine, so a run resumed with another target reports that target's numbers, never the old one's."""
+    return [{**record.as_dict(), **target_latency(ctx.run.root / record.onnx, ctx.target, label=f"{record.name} latency",
+                                                  measure_here=measure_here).as_record()} for record in records]
 
 
 def gate_subject(root: Path, final: dict) -> Path:
     """The file the CI gate times: the final student as an all-INT8 graph, like its reference. Where
-    layers were kept float by timing on this CPU (export.int8_fit.fit_int8_to_target), that is the graph
+    layers were kept float by timing on this CPU (export.int8_fit.keep_slow_layers_float), that is the graph
     before they were: the same file on every CPU, where the shipped one is not."""
     kept = (final.get("details") or {}).get("runtime_fit", {}).get("all_int8_onnx")
     return root / (kept or final["onnx"])
@@ -335,11 +248,11 @@ def saved_options(run_dir: Path) -> dict:
         raise BadInputError(f"{path}: unreadable ({str(err).splitlines()[0][:160]})") from None
 
 
-def compress(options: CompressOptions) -> CompressResult:
+def compress(options: CompressOptions) -> RunResult:
     return resumable(lambda claimed: _compress(options, claimed), options.run_dir)
 
 
-def _compress(options: CompressOptions, claimed: dict) -> CompressResult:
+def _compress(options: CompressOptions, claimed: dict) -> RunResult:
     distributed.init_from_env(options.device)
     target = load_target(options.target)
     profile = options.resolved_profile()
@@ -366,7 +279,7 @@ def _compress(options: CompressOptions, claimed: dict) -> CompressResult:
     ctx = StageContext(profile, target, data, teacher.model, run, example,
                        teacher_logits=TeacherLogits(teacher.model, data.train, data.num_classes))
     records = [_teacher_stage(teacher, ctx)]
-    ctx = replace(ctx, accuracy_floor=accuracy_floor(records[0]["val_accuracy"], profile, target))
+    ctx = replace(ctx, accuracy_floor=accuracy_floor(records[0].val_accuracy, profile, target))
     torch.manual_seed(profile.seed)
     student, start = _fresh_student(profile, data)
     ctx = replace(ctx, student_start=start)
@@ -381,7 +294,7 @@ def _compress(options: CompressOptions, claimed: dict) -> CompressResult:
     distributed.barrier()
     report = distributed.broadcast(report)
     code = exit_code(report["budget"])
-    return CompressResult(report, run_dir, code)
+    return RunResult(report, run_dir, code)
 
 
 def _fresh_student(profile: Profile, data: DataBundle) -> tuple[nn.Module, dict | None]:
@@ -437,7 +350,7 @@ def _check_teacher_file(source: TeacherSource) -> None:
         require_regular_file(Path(source.weights), "teacher weights")
 
 
-def _finish(ctx: StageContext, records: list[dict], options: CompressOptions, data: DataBundle, seconds: float) -> dict:
+def _finish(ctx: StageContext, records: list[StageRecord], options: CompressOptions, data: DataBundle, seconds: float) -> dict:
     run, target = ctx.run, ctx.target
     records = _latencies(ctx, records, options.measure_here)
     fp32 = [r for r in records if r["name"] in ("distill", "prune")][-1]

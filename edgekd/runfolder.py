@@ -16,11 +16,12 @@ import os
 import stat
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from edgekd.errors import BadInputError, EnvironmentProblem
+from edgekd.errors import BadInputError, EnvironmentProblem, ExitCode
 
 
 @contextmanager
@@ -368,6 +369,15 @@ def claim_on_rank0(root: Path | None, default: Path, *, resume: bool, overwrite:
         run.run_id = run_id
         return run, lock
     raise (EnvironmentProblem if kind == "environment" else BadInputError if kind == "bad" else RuntimeError)(text)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one compression (classifier or detector) hands back: its report, folder and exit code."""
+
+    report: dict
+    run_dir: Path
+    exit_code: ExitCode
 
 
 def resumable(body, run_dir: Path | None):

@@ -9,7 +9,7 @@ import numpy as np
 
 from edgekd.verify.accuracy_budget import accuracy_floor, accuracy_verdict, pack_hits
 from edgekd.models import create_model
-from edgekd.pipeline import ExportMismatch, _check_export, _export
+from edgekd.export.stage_file import ExportMismatch, export_checked
 
 
 def _records(*val):
@@ -153,17 +153,16 @@ def test_an_int8_export_that_disagrees_with_its_model_is_an_error(tmp_path, test
     """The check is real: an exported file that computes something else is refused, not recorded."""
     from types import SimpleNamespace
 
-    import edgekd.pipeline as pipeline
+    import edgekd.export.stage_file as stage_file
     from edgekd.runfolder import RunFolder
 
     model = create_model("edgekd_cnn", 10, (1, 28, 28), 0.5).eval()
     other = create_model("edgekd_cnn", 10, (1, 28, 28), 0.5).eval()
-    real_export = pipeline.export_onnx
-    monkeypatch.setattr(pipeline, "export_onnx", lambda m, *a, **k: real_export(other, *a, **k))
+    real_export = stage_file.export_onnx
+    monkeypatch.setattr(stage_file, "export_onnx", lambda m, *a, **k: real_export(other, *a, **k))
     ctx = SimpleNamespace(profile=load_profile("default"), example=test_images[:64], run=RunFolder(tmp_path))
-    with pytest.raises(ExportMismatch, match="prune: the exported FP32 file .* disagrees"):
-        _export(model, ctx, tmp_path / "m.onnx", "fp32")
-        _check_export(model, ctx, tmp_path / "m.onnx", "fp32", "prune")
+    with pytest.raises(ExportMismatch, match="prune: the exported FP32 file prune.onnx disagrees"):
+        export_checked(model, ctx, "prune", "fp32")
 
 
 def test_a_budget_the_test_split_cannot_decide_exits_6_and_a_team_may_let_it_pass(tmp_path, cache_dir, smoke_run):

@@ -22,9 +22,9 @@ from torch import nn
 from edgekd import __version__, checkpoints, distributed
 from edgekd.config import Profile, Target, fingerprint, load_profile, load_target
 from edgekd.detection.sources import DetectionData, load_detection_data
-from edgekd.errors import BadInputError, EdgekdError, ExitCode, budget_exit_code
+from edgekd.errors import BadInputError, EdgekdError, budget_exit_code
 from edgekd.progress import info
-from edgekd.runfolder import FP32_ONNX, INT8_ONNX, RunFolder, atomic_write_bytes, atomic_write_json, claim_on_rank0, resumable
+from edgekd.runfolder import FP32_ONNX, INT8_ONNX, RunFolder, RunResult, atomic_write_bytes, atomic_write_json, claim_on_rank0, resumable
 from edgekd.training.loop import TrainPlan
 
 REPORT = "report.json"
@@ -53,13 +53,6 @@ class DetectOptions:
 
 
 @dataclass
-class DetectResult:
-    report: dict
-    run_dir: Path
-    exit_code: ExitCode
-
-
-@dataclass
 class _Run:
     """What every stage reads: the validated config, the data, the folder, and the frozen teacher."""
 
@@ -75,7 +68,7 @@ class _Run:
         return len(self.data.classes)
 
 
-def compress_detector(options: DetectOptions) -> DetectResult:
+def compress_detector(options: DetectOptions) -> RunResult:
     return resumable(lambda claimed: _compress(options, claimed), options.run_dir)
 
 
@@ -92,7 +85,7 @@ def _profile(options: DetectOptions) -> Profile:
     return profile.model_copy(update=updates)
 
 
-def _compress(options: DetectOptions, claimed: dict) -> DetectResult:
+def _compress(options: DetectOptions, claimed: dict) -> RunResult:
     from edgekd.pipeline import default_run_dir
     from edgekd.stages.teacher import default_cache_dir
 
@@ -130,7 +123,7 @@ def _compress(options: DetectOptions, claimed: dict) -> DetectResult:
                                             lambda s=run_stage, m=student, fp=chain: s(ctx, m, records, fp))
         records.append(record)
     report = _finish(ctx, records, options, time.perf_counter() - started)
-    return DetectResult(report, run.root, budget_exit_code(report["budget"]))
+    return RunResult(report, run.root, budget_exit_code(report["budget"]))
 
 
 # ---------------------------------------------------------------- the teacher

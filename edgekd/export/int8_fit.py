@@ -72,26 +72,31 @@ def slower_in_int8(timings: list[LayerTiming], margin: float = LAYER_MARGIN,
     return [t.name for t in timings if t.int8_ms > margin * t.fp32_ms and t.int8_ms - t.fp32_ms > min_ms]
 
 
-# ---------------------------------------------------------------- the quantize stage's hook
+# ---------------------------------------------------------------- the export step's two calls
 
 
-def fit_int8_to_target(int8_path: Path, fp32_path: Path | None, ctx, check=lambda: None) -> dict:
-    """Make the exported QDQ graph fit the target's runtime (see the module docstring); returns the
-    facts for the quantize stage's record. The graph at `int8_path` is rewritten in place;
-    `fp32_path` is the FP32 file it was quantized from (for timing layers in both precisions).
-    `check()` runs on the all-INT8 graph, once its quantizers are placed and before any layer is
-    made float: that graph must compute what the fake-quantized model computes."""
+def place_for_target(int8_path: Path, ctx) -> dict:
+    """Quantizers where the target's runtime fuses them, in place; returns the facts for the
+    quantize stage's record. The all-INT8 graph this leaves must compute what the fake-quantized
+    model computes (the caller checks it, before `keep_slow_layers_float` changes anything)."""
+    if backend(ctx.target).places_int8_itself:
+        return {"placement": "NNCF's (fits OpenVINO and TensorRT)"}
+    from edgekd.export.ort_qdq import place_for_onnxruntime
+
+    return {"placement": place_for_onnxruntime(int8_path, _calibration_images(ctx)).as_dict()}
+
+
+def keep_slow_layers_float(int8_path: Path, fp32_path: Path | None, ctx) -> dict:
+    """Where the target is measurable here, time every layer of the placed graph at `int8_path`
+    against the FP32 file it was quantized from, and keep float the layers INT8 runs slower, if the
+    whole file is then faster (see the module docstring); returns the facts for the record."""
     target = ctx.target
     if backend(target).places_int8_itself:
-        check()
-        return {"placement": "NNCF's (fits OpenVINO and TensorRT)"}
-    from edgekd.export.ort_qdq import conv_counts, place_for_onnxruntime
+        return {}
+    from edgekd.export.ort_qdq import conv_counts
     from edgekd.measure.target_latency import measurable_here
 
-    calibration = _calibration_images(ctx)
-    placement = place_for_onnxruntime(int8_path, calibration)
-    check()
-    details = {"placement": placement.as_dict(), "layers_kept_float": [], "layer_timings": []}
+    details = {"layers_kept_float": [], "layer_timings": []}
     can_measure, why = measurable_here(target)
     if can_measure and fp32_path is not None:
         timings = layer_timings(fp32_path, int8_path, timing_threads(target), target.input.batch)
@@ -99,7 +104,7 @@ def fit_int8_to_target(int8_path: Path, fp32_path: Path | None, ctx, check=lambd
         details["layer_timings"] = [t.as_dict() for t in timings]
         if keep:
             all_int8 = Path(int8_path).read_bytes()
-            keep, facts = _mix_if_faster(int8_path, calibration, keep, target)
+            keep, facts = _mix_if_faster(int8_path, _calibration_images(ctx), keep, target)
             details.update(facts)
             if keep:  # the CI gate times this one: which layers stay float depends on the CPU
                 kept = Path(int8_path).with_name(f"{Path(int8_path).stem}.all-int8.onnx")
@@ -173,6 +178,3 @@ def _calibration_images(ctx, samples: int = 256) -> np.ndarray:
 
     subset = stratified_subset(ctx.data.train, min(samples, ctx.profile.quantize.calibration_samples), ctx.profile.seed)
     return np.stack([subset[i][0].numpy() for i in range(len(subset))]).astype(np.float32)
-
-
-# ---------------------------------------------------------------- the pipeline's hook
