@@ -90,9 +90,9 @@ def default_run_dir(target: str) -> Path:
 def _teacher_stage(teacher: Teacher, ctx: StageContext) -> StageRecord:
     fp = fingerprint("teacher", teacher.fingerprint, ctx.profile.export, ctx.data.splits,
                      len(ctx.data.val), len(ctx.data.test))
-    done = ctx.run.completed("teacher", fp)
+    done = StageRecord.from_folder(ctx.run.completed("teacher", fp))
     if done is not None:
-        return StageRecord.from_dict(done).resumed_from_folder()
+        return done
     record = None
     if distributed.is_main():
         started = time.perf_counter()
@@ -111,12 +111,12 @@ def _run_stages(model: nn.Module, ctx: StageContext, chain_fp: str) -> tuple[nn.
             continue
         fp = fingerprint(chain_fp, stage.name, stage.config(ctx.profile, ctx.target))
         checkpoint = ctx.run.path(f"checkpoints/{stage.name}.pt")
-        done = ctx.run.completed(stage.name, fp)
+        done = StageRecord.from_folder(ctx.run.completed(stage.name, fp))
         if done is not None:
             info(f"{stage.name}: complete in ", user_text=f"{ctx.run.root}, skipped")
             if checkpoint.is_file():
                 model = checkpoints.load_model(checkpoint, like=model)
-            records.append(StageRecord.from_dict(done).resumed_from_folder())
+            records.append(done)
             chain_fp = fp
             continue
         started = time.perf_counter()

@@ -9,7 +9,7 @@ latency for the run's target (which belongs to file, target and machine, not to 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from torch import nn
@@ -42,14 +42,20 @@ class StageRecord:
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in saved.items() if key in known})
 
+    @classmethod
+    def from_folder(cls, saved: dict | None) -> "StageRecord | None":
+        """The completed stage's record, marked resumed; None (the stage runs again) where there is
+        none, or where the saved one lacks a field (an older edgekd's, or a hand-edited marker)."""
+        needed = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+        if saved is None or not needed <= saved.keys():
+            return None
+        return replace(cls.from_dict(saved), resumed=True)
+
     def as_saved(self) -> dict:
         """What the run folder keeps: the record without this run's `resumed` flag."""
         saved = self.as_dict()
         saved.pop("resumed")
         return saved
-
-    def resumed_from_folder(self) -> "StageRecord":
-        return replace(self, resumed=True)
 
 
 def record_stage(name: str, model: nn.Module, ctx: StageContext, *, precision: str, counts: tuple[int, int],
