@@ -23,14 +23,16 @@ whose true drop is 0 is shown within a 1-point budget (MET).
 
 from __future__ import annotations
 
+import argparse
 import json
-import platform
 from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
 from scipy.stats import beta
 
+from edgekd.benchmarking import host, write_results
+from edgekd.runfolder import atomic_write_text
 from edgekd.verify.accuracy_budget import newcombe_upper
 
 CONFIDENCE = 0.95
@@ -115,7 +117,7 @@ def markdown(rows: list[dict], result: dict) -> str:
         "# The accuracy verdict's bound: coverage and tightness",
         "",
         "Made by `python benchmarks/accuracy_bound.py` "
-        f"({DRAWS:,} simulated test sets per cell, seed 0, {platform.machine()}; a simulation, so the CPU does not matter).",
+        f"({DRAWS:,} simulated test sets per cell, seed 0, {host()['machine']}; a simulation, so the CPU does not matter).",
         "The bound is one-sided at 95%: its coverage should be at least 0.95 in every cell.",
         "",
         "| bound | cells | worst coverage (cell: images, discordance, true drop) | cells under 0.94 | mean width (points) | MET at a 1-point budget, true drop 0 |",
@@ -136,15 +138,14 @@ def markdown(rows: list[dict], result: dict) -> str:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # no options; --help says what it does
     rows = simulate(np.random.default_rng(0))
     result = summary(rows)
     for name, s in result.items():
         print(name, json.dumps(s))
-    out = Path(__file__).resolve().parent / "out"
-    out.mkdir(exist_ok=True)
-    (out / "accuracy_bound.json").write_text(json.dumps({"summary": result, "rows": rows}, indent=1))
+    write_results("accuracy_bound", {"summary": result, "rows": rows}, out=Path(__file__).resolve().parent / "out")
     docs = Path(__file__).resolve().parents[1] / "docs" / "accuracy_bound.md"
-    docs.write_text(markdown(rows, result))
+    atomic_write_text(docs, markdown(rows, result))
     print(f"wrote {docs}")
 
 

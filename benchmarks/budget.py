@@ -20,7 +20,6 @@ Writes benchmarks/out/budget.json.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgekd.benchmarking import write_results
 from edgekd.config import load_profile, load_target
 from edgekd.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, read_idx
 from edgekd.metrics import count
@@ -187,8 +187,8 @@ def main() -> None:
                   f"val {100 * p['val_accuracy']:.1f}%  {p['macs'] / 1e6:.1f}M MACs  {'' if p.get('kept', True) else 'undone'}")
         print(f"  final: {run['verdict']}", flush=True)
         print(f"  {run['against_teacher']}", flush=True)
-        (OUT / "budget.json").write_text(json.dumps(results, indent=2))
-    (OUT / "budget.json").write_text(json.dumps(results, indent=2))
+        write_results("budget", results, out=OUT)
+    write_results("budget", results, out=OUT)
 
 
 if __name__ == "__main__":

@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
-import platform
 import tempfile
 import tomllib
 from pathlib import Path
@@ -43,6 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgekd.benchmarking import host, write_results
 from edgekd.config import Calibration, Hardware, load_target
 from edgekd.measure.calibrate import Features, Point, calibration_toml, error_of, fit, graph_features, ratios, roofline_ms
 from edgekd.export.onnx_file import export_onnx
@@ -533,7 +532,8 @@ def main() -> None:
                         help="write the fitted Jetson calibration into edgekd/targets/jetson-*.toml")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
-    result = {"host": {"machine": platform.machine(), "cpu": _cpu_name()}}
+    cpu = host()["cpu"]
+    result = {}
 
     published = published_points(args.rebuild_features)
     phone_pairs = [(p, s) for p, s, device in published if device not in JETSON_TARGETS]
@@ -559,9 +559,9 @@ def main() -> None:
 
     if not args.published_only:
         with tempfile.TemporaryDirectory() as scratch:
-            host = host_points(Path(scratch))
-        host_pairs = [(p, s) for p, s, _ in host]
-        cal, summary = calibrate(host_pairs, f"ONNX Runtime on {_cpu_name()}, 2 threads, measured by "
+            measured = host_points(Path(scratch))
+        host_pairs = [(p, s) for p, s, _ in measured]
+        cal, summary = calibrate(host_pairs, f"ONNX Runtime on {cpu}, 2 threads, measured by "
                                              f"benchmarks/calibrate_estimator.py")
         rows = table(host_pairs, cal)
         result["host_cpu"] = {"calibration": cal.model_dump(), "errors": summary, "rows": rows}
@@ -570,14 +570,13 @@ def main() -> None:
     all_roofline = [r["roofline_ratio"] for part in ("phone", "host_cpu") if part in result for r in result[part]["rows"]]
     result["roofline_error"] = {"low": min(all_roofline), "high": max(all_roofline)}
     print(f"plain roofline, estimated / measured over every point: {min(all_roofline):.3f} .. {max(all_roofline):.3f}")
-    (OUT / "calibrate_estimator.json").write_text(json.dumps(result, indent=1))
-    (OUT / "latency_tables.md").write_text(markdown(result))
+    write_results("calibrate_estimator", result, markdown(result, cpu), out=OUT)
 
 
-def markdown(result: dict) -> str:
-    """The tables docs/latency_estimate.md shows, from this run."""
+def markdown(result: dict, cpu: str) -> str:
+    """The tables docs/latency_estimate.md shows, from this run (`cpu`: this machine's, host()["cpu"])."""
     out = []
-    for part, title in (("phone", "Phone CPU (published timings)"), ("host_cpu", f"host-cpu ({result['host']['cpu']}, measured here)")):
+    for part, title in (("phone", "Phone CPU (published timings)"), ("host_cpu", f"host-cpu ({cpu}, measured here)")):
         if part not in result:
             continue
         section = result[part]
@@ -635,13 +634,6 @@ def jetson_markdown(section: dict) -> list[str]:
     out += ["", "| fitted | " + " | ".join(kinds) + " |", "|---|" + "---|" * 7]
     out += [f"| {p} | " + " | ".join(f"{cal[p][k]:g}" for k in kinds) + " |" for p in ("int8", "fp16") if cal.get(p)]
     return out + [""]
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _print(title: str, rows: list[dict], summary: dict, cal: Calibration) -> None:

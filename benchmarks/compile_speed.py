@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
+from edgekd.benchmarking import write_results
 from edgekd.models import create_model
 from edgekd.training.loop import CompiledOrEager
 
@@ -94,9 +94,7 @@ def main() -> None:
                          "rounds_ms": times}
         print(f"{case:14s} eager {eager_ms:6.1f} ms  compiled {compiled_ms:6.1f} ms  "
               f"{eager_ms / compiled_ms:.2f}x  (first compiled call {compile_seconds:.1f} s)", flush=True)
-    out = REPO / "benchmarks" / "out"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "compile_speed.json").write_text(json.dumps(results, indent=2))
+    write_results("compile_speed", results, out=REPO / "benchmarks" / "out")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-from edgekd.measure.device import this_machine
+from edgekd.benchmarking import host, seeds_argument, write_results
 
 OUT = REPO / "benchmarks" / "out" / "default_run"
 
@@ -78,7 +78,7 @@ def fp32_profile(name: str) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    seeds_argument(parser, help="seeds, each a cold run; the first also runs cached")
     parser.add_argument("--target", default="jetson-orin")
     parser.add_argument("--profile", default="default")
     parser.add_argument("--no-cached", action="store_true", help="skip the cached rerun of the first seed")
@@ -88,23 +88,23 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     if args.fp32:
         args.profile = str(fp32_profile(args.profile))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout
-    results = {"cpu": this_machine().cpu_model, "cpus": os.cpu_count(), "commit": commit.strip(), "target": args.target,
+    machine = host()
+    results = {"cpu": machine["cpu"], "cpus": machine["cpus"], "commit": machine["commit"], "target": args.target,
                "profile": args.profile, "cold": [], "cached": None}
-    out = OUT / f"results-{Path(args.profile).stem}-{args.target}.json"
+    name = f"results-{Path(args.profile).stem}-{args.target}"
     for seed in args.seeds:
         cache = OUT / f"cache-{seed}"
         shutil.rmtree(cache, ignore_errors=True)  # cold: the teacher trains
         row = compress(seed, args.target, OUT / f"run-{seed}", cache, args.profile)
         results["cold"].append(row)
-        out.write_text(json.dumps(results, indent=2))
+        write_results(name, results, out=OUT)
         print(json.dumps({k: row.get(k) for k in ("seed", "exit", "seconds", "teacher_test", "student_test",
                                                   "gap_test_points", "mac_ratio")}), flush=True)
     if not args.no_cached:
         seed = args.seeds[0]
         results["cached"] = compress(seed, args.target, OUT / f"run-{seed}-cached", OUT / f"cache-{seed}", args.profile)
-        out.write_text(json.dumps(results, indent=2))
     print(table(results))
+    write_results(name, results, table(results), out=OUT)
 
 
 def table(results: dict) -> str:

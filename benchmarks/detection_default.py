@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -24,12 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+from edgekd.benchmarking import host, seeds_argument, write_markdown, write_results
 
 
 def run_seed(seed: int, target: str, profile: str, work: Path) -> dict:
@@ -104,14 +98,14 @@ def markdown(rows: list[dict], timing: list[dict], header: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    seeds_argument(parser, help="seeds, each a cold run")
     parser.add_argument("--target", default="host-cpu")
     parser.add_argument("--profile", default="detect")
     parser.add_argument("--steps", type=int, default=400, help="interleaved timing steps per run and thread count")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--work", type=Path, help="keep the run folders here (default: a temporary folder)")
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--json", type=Path, help="write the numbers here (with the host and the command)")
+    parser.add_argument("--markdown", type=Path, help="write the table here (after the command and the host line)")
     args = parser.parse_args()
     from edgekd import __version__
 
@@ -125,14 +119,14 @@ def main() -> None:
             print(f"seed {seed}: exit {row['exit_code']} in {row['wall_s']:.0f} s; {row['accuracy']['verdict']}", flush=True)
             for threads in args.threads:
                 timing.append((seed, int8_against_fp32(Path(row["run_dir"]), args.steps, threads)))
-        header = (f"`python benchmarks/detection_default.py {' '.join(sys.argv[1:])}` on {cpu_name()} "
+        header = (f"`python benchmarks/detection_default.py {' '.join(sys.argv[1:])}` on {host()['cpu']} "
                   f"({os.cpu_count()} CPUs), edgekd {__version__}, target {args.target}, profile {args.profile}")
         table = markdown(rows, timing, header)
         print(table)
         if args.json:
-            args.json.write_text(json.dumps({"header": header, "runs": rows, "timing": timing}, indent=1) + "\n")
+            write_results(args.json.name, {"header": header, "runs": rows, "timing": timing}, out=args.json.parent)
         if args.markdown:
-            args.markdown.write_text(table)
+            write_markdown(args.markdown, table)
 
 
 if __name__ == "__main__":

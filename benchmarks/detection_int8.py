@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgekd.benchmarking import write_results
 from edgekd.detection.data import make_synthetic, read_coco
 from edgekd.detection.evaluate import coco_map, evaluate, evaluate_runner, predict_detections
 from edgekd.detection.model import build_detector, decode, load_detector, save_detector, student_spec
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--qat-lr", type=float, default=0.002)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=400, help="alternating timing steps per thread count")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=Path, help="write the numbers here (with the host and the command)")
     args = parser.parse_args()
     started = time.perf_counter()
     torch.set_num_threads(1)
@@ -98,7 +98,7 @@ def main() -> None:
     report["seconds"] = time.perf_counter() - started
     _print(report)
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_results(args.json.name, report, out=args.json.parent)
 
 
 def _scores(score, splits) -> dict:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from edgekd.benchmarking import seeds_argument, write_results
 from edgekd.detection.data import make_synthetic, read_coco
 from edgekd.detection.distill import DetectionDistillation, DetectionKDWeights
 from edgekd.detection.evaluate import evaluate
@@ -36,8 +37,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--feature-weight", type=float, default=1.0)
     parser.add_argument("--score-weight", type=float, default=1.0)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--json", type=Path)
+    seeds_argument(parser, help="student seeds")
+    parser.add_argument("--json", type=Path, help="write the numbers here (with the host and the command)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,7 +67,8 @@ def main() -> None:
         rows[0]["total_seconds"] = time.perf_counter() - started
     _print(rows, args)
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
+        write_results(args.json.name, {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows},
+                      out=args.json.parent)
 
 
 def _run(name, model, objective, splits, example, plan) -> dict:

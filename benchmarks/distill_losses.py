@@ -29,9 +29,7 @@ The teacher comes from edgekd's cache (EDGEKD_CACHE_DIR, or --cache-dir), exactl
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -40,6 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgekd.benchmarking import seeds_argument, write_results
 from edgekd.config import DistillConfig, DKDConfig, LSKDConfig, Profile, load_profile
 from edgekd.data import augmentations, load_data
 from edgekd.training.losses import CrossEntropyObjective, DistillationObjective
@@ -94,17 +93,6 @@ def train_student(profile: Profile, data, teacher, config: DistillConfig | None,
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def parse_seeds(parser: argparse.ArgumentParser, text: str) -> list[int]:
-    """`--seeds 0,1,2` as distinct integers, or the parser's one-line usage error."""
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        parser.error(f"--seeds: expected comma-separated integers, got {text!r}")
-    if not seeds or len(set(seeds)) != len(seeds):
-        parser.error("--seeds: give at least one seed, each once")
-    return seeds
 
 
 def run(profile_name: str, seeds: list[int], cache_dir: Path, quick: bool, out: Path,
@@ -177,12 +165,10 @@ def run(profile_name: str, seeds: list[int], cache_dir: Path, quick: bool, out: 
             "rows": rows,
             "verdict": {"best": best, "gap_closed": rows[best]["gap_closed"], "goal": 0.5,
                         "pass": (rows[best]["gap_closed"] or 0) >= 0.5, "seeds": len(done)},
-            "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                     "threads": torch.get_num_threads()},
+            "threads": torch.get_num_threads(),  # torch's, training here (host() records the machine)
             "seconds": time.time() - started,
         }
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(payload, indent=2) + "\n")
+        write_results(out.name, payload, out=out.parent)
         return payload
 
     for index, seed in enumerate(seeds):
@@ -229,14 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", default=os.environ.get("EDGEKD_BENCH_QUICK") == "1",
                         help="smoke profile, at most 2 settings per loss: a check that the script works")
     parser.add_argument("--profile", help="profile name or file [default: default; smoke with --quick]")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated student seeds; the first also selects [default: 0,1,2]")
+    seeds_argument(parser, help="student seeds (space- or comma-separated); the first also selects")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help=f"teacher cache [default: EDGEKD_CACHE_DIR or {default_cache_dir()}]")
     parser.add_argument("--out", type=Path, default=OUT, help=f"JSON output [default: {OUT}]")
     parser.add_argument("--losses", help="comma-separated subset of labels,kd,dkd,lskd [default: all]; labels is always kept")
     parser.add_argument("--distill-epochs", type=int, help="override the profile's [distill] epochs, for every loss")
     args = parser.parse_args(argv)
-    seeds = parse_seeds(parser, args.seeds)
+    seeds = args.seeds
     if args.distill_epochs is not None and args.distill_epochs < 1:
         parser.error("--distill-epochs must be at least 1")
     profile = args.profile or ("smoke" if args.quick else "default")

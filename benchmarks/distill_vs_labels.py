@@ -19,16 +19,15 @@ The teacher comes from edgekd's cache (EDGEKD_CACHE_DIR, or --cache-dir), exactl
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from distill_losses import mean_std, parse_seeds  # benchmarks/, the script's own folder
+from distill_losses import mean_std  # benchmarks/, the script's own folder
+from edgekd.benchmarking import seeds_argument, write_results
 from edgekd.config import load_profile
 from edgekd.data import load_data
 from edgekd.training.losses import CrossEntropyObjective, DistillationObjective
@@ -112,14 +111,11 @@ def run(profile_name: str, seeds: list[int], cache_dir: Path, threads: int, mode
         "epochs": profile.distill.epochs,
         "threads": threads,
         "timing": {"rounds": rounds, **timing},
-        "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-                 "cpus": os.cpu_count(), "torch": torch.__version__,
-                 "onnxruntime": latencies["teacher"][1].runtime},
+        "runtime": latencies["teacher"][1].runtime,  # the timing runner's (host() records the versions)
         "rows": rows,
         "verdict": verdict,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n")
+    write_results(out.name, payload, out=out.parent)
     return payload
 
 
@@ -147,13 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", default=os.environ.get("EDGEKD_BENCH_QUICK") == "1",
                         help="smoke profile (data slices, 2 epochs) and short timing: a check that the script works")
     parser.add_argument("--profile", help="profile name or file [default: default; smoke with --quick]")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated student seeds [default: 0,1,2]")
+    seeds_argument(parser, help="student seeds (space- or comma-separated)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads [default: 2]")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help=f"teacher cache [default: EDGEKD_CACHE_DIR or {default_cache_dir()}]")
     parser.add_argument("--out", type=Path, default=OUT, help=f"JSON output [default: {OUT}]")
     args = parser.parse_args(argv)
-    seeds = parse_seeds(parser, args.seeds)
+    seeds = args.seeds
     profile = args.profile or ("smoke" if args.quick else "default")
     payload = run(profile, seeds, args.cache_dir or default_cache_dir(), args.threads,
                   "quick" if args.quick else "full", args.out)

@@ -18,9 +18,7 @@ static QDQ quantization of the FP32 resnet18 (per-channel weights, random calibr
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgekd.benchmarking import write_results
 from edgekd.config import load_target
 from edgekd.measure.estimate import estimate_latency
 from edgekd.models import create_model
@@ -137,12 +136,10 @@ def run(names: list[str], out: Path) -> list[dict]:
         "target": target.name,
         "threads": target.threads,
         "batch": 1,
-        "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-                 "cpus": os.cpu_count(), "onnxruntime": runtime},
+        "runtime": runtime,  # the timing runner's (host() records the versions)
         "rows": rows,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n")
+    write_results(out.name, payload, out=out.parent)
     return rows
 
 

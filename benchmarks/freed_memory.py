@@ -75,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from edgekd.measure.device import this_machine
+    from edgekd.benchmarking import host, write_results
     from edgekd.training.loop import mixed_precision_dtype
 
     precisions = [False] + ([True] if mixed_precision_dtype(torch.device("cpu")) is torch.bfloat16 else [])
@@ -98,8 +98,8 @@ def main() -> None:
             print(f"{row['stage']:28s} {row['precision']}: untouched {row['untouched_ms']:6.1f} ms/step "
                   f"({row['untouched_faults']} faults/step), edgekd {row['edgekd_ms']:6.1f} ms/step "
                   f"({row['edgekd_faults']} faults/step): {row['speedup']:.2f}x", flush=True)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"cpu": this_machine().cpu_model, "threads": 2, "pairs": args.pairs, "steps": STEPS, "rows": rows}, indent=1))
+    write_results(OUT.name, {"cpu": host()["cpu"], "threads": 2, "pairs": args.pairs, "steps": STEPS, "rows": rows},
+                  out=OUT.parent)
     print(f"wrote {OUT.relative_to(REPO)}")
 
 

@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 import torch
 
+from edgekd.benchmarking import host, write_results
 from edgekd.config import ActivationScheme
-from edgekd.measure.device import this_machine
 from edgekd.measure.normalised_latency import build_reference
-from edgekd.measure.latency import percentiles, time_calls
+from edgekd.measure.latency import time_side_by_side
 from edgekd.models import create_model
 from edgekd.export.onnx_file import export_onnx
+from edgekd.runtimes.onnxruntime import OnnxRuntimeRunner, session_options
 from edgekd.testing import plant_student
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -40,27 +39,24 @@ CONFIGS = {  # name: (threads, graph optimisation)
 TIMING = {"warmup": 5, "min_runs": 20, "max_runs": 60, "max_seconds": 1.5}
 
 
-def _session(path: Path, threads: int, level) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = level
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+class LevelRunner(OnnxRuntimeRunner):
+    """edgekd's ONNX Runtime runner with the session at another graph optimisation level (the
+    runner's own is ORT_ENABLE_ALL; the same options otherwise)."""
+
+    def __init__(self, path: Path, threads: int, level):
+        super().__init__(path, threads)
+        if level != ort.GraphOptimizationLevel.ORT_ENABLE_ALL:
+            options = session_options(threads)
+            options.graph_optimization_level = level
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.description += f", {level.name}"
 
 
 def side_by_side(paths: dict[str, Path], threads: int, level, batches, rounds: int) -> dict:
-    sessions = {n: _session(p, threads, level) for n, p in paths.items()}
-    names = list(sessions)
-    samples = {(n, b): [] for n in names for b in batches}
-    for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for b in batches:
-            images = np.random.default_rng(0).standard_normal((b, 1, 28, 28)).astype(np.float32)
-            for n in order:
-                s = sessions[n]
-                samples[n, b] += time_calls(lambda: s.run(None, {"input": images}), label=f"{n} b{b}", **TIMING)
-    return {n: {b: percentiles(samples[n, b])[0] for b in batches} for n in names}
+    """p50 per file and batch, the files timed in rotated rounds (`time_side_by_side`)."""
+    timed = time_side_by_side({n: LevelRunner(p, threads, level) for n, p in paths.items()}, tuple(batches), TIMING,
+                              rounds)
+    return {n: {b: latency.p50 for b, latency in by_batch.items()} for n, by_batch in timed.items()}
 
 
 def main() -> None:
@@ -103,11 +99,10 @@ def main() -> None:
         per = ", ".join(f"{v:.3f}" for v in r["ratios"].values())
         print(f"| {r['reference']} | {r['batch']} | {per} | {r['spread']:+.0%} | {r['spread_without_no_opt']:+.0%} | "
               f"{r['separation_min']:.2f} | {r['planted_min_over_student_max']:.2f} |")
-    out = {"host": {"machine": platform.machine(), "processor": platform.processor()},
-           "cpu": this_machine().cpu_model,
+    out = {"cpu": host()["cpu"],
            "onnxruntime": ort.__version__, "student_macs": student_macs, "planted_macs": planted_macs,
            "reference_int8_macs": ref_macs, "configs": list(CONFIGS), "timings_p50_ms": results, "rows": rows}
-    (OUT / "gate.json").write_text(json.dumps(out, indent=2, default=str))
+    write_results("gate", out, out=OUT)
     print(f"student {student_macs:,} MACs, planted {planted_macs:,} ({planted_macs / student_macs:.2f}x), "
           f"int8 reference {ref_macs:,}; wrote {OUT / 'gate.json'}")
 

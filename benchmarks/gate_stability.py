@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.measure.device import this_machine
+from edgekd.benchmarking import host, write_results
 from edgekd.measure.normalised_latency import GATE_BATCH, GATE_THREADS, gate_latency
 from edgekd.runtimes.onnxruntime import measure_side_by_side
 
@@ -62,7 +62,8 @@ def main() -> None:
                 hog.kill()
                 hog.wait()
         results[load] = ratios
-    print(f"\n{this_machine().cpu_model}; {args.repeats} repeats each, interleaved")
+    cpu = host()["cpu"]
+    print(f"\n{cpu}; {args.repeats} repeats each, interleaved")
     print("| host | scheme | median ratio | min | max | max / min |")
     print("|---|---|---|---|---|---|")
     rows = []
@@ -72,8 +73,7 @@ def main() -> None:
             rows.append({"host": load, "scheme": scheme, "median": float(np.median(v)), "min": float(v.min()),
                          "max": float(v.max()), "values": values})
             print(f"| {load} | {scheme} | {np.median(v):.3f} | {v.min():.3f} | {v.max():.3f} | {v.max() / v.min():.3f} |")
-    OUT.mkdir(exist_ok=True)
-    (OUT / "gate_stability.json").write_text(json.dumps({"cpu": this_machine().cpu_model, "rows": rows}, indent=2))
+    write_results("gate_stability", {"cpu": cpu, "rows": rows}, out=OUT)
 
 
 if __name__ == "__main__":

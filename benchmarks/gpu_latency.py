@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import torch
@@ -71,8 +70,22 @@ def measure(folder: Path) -> None:
     (folder / "gpu_latency.json").write_text(json.dumps(rows, indent=2))
 
 
-if __name__ == "__main__":
-    if sys.argv[1] == "export":
-        export(Path(sys.argv[2]), Path(sys.argv[3]))
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    exporting = commands.add_parser("export", help="here: write OUT_DIR/{teacher,distill,prune}.ts from a run folder")
+    exporting.add_argument("run_dir", type=Path)
+    exporting.add_argument("out_dir", type=Path)
+    measuring = commands.add_parser("measure", help="on the GPU machine: print a table, write OUT_DIR/gpu_latency.json")
+    measuring.add_argument("out_dir", type=Path)
+    args = parser.parse_args()
+    if args.command == "export":
+        export(args.run_dir, args.out_dir)
     else:
-        measure(Path(sys.argv[2]))
+        measure(args.out_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import tempfile
@@ -45,6 +44,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from edgekd.benchmarking import write_results
 from edgekd.config import ActivationScheme
 from edgekd.export.ort_qdq import conv_counts, place_for_onnxruntime
 from edgekd.training.fold import fold_batchnorm
@@ -390,7 +390,7 @@ def main() -> None:
             print(f"OpenVINO skipped: {why}", file=sys.stderr)
     import onnxruntime
 
-    result = {"host": platform.processor() or platform.machine(), "threads": THREADS, "mode": mode,
+    result = {"threads": THREADS, "mode": mode,
               "onnxruntime": onnxruntime.__version__}
     if with_openvino:
         import openvino
@@ -413,8 +413,7 @@ def main() -> None:
     study = next((name for name in ("run", "transposes", "padding", "channels") if getattr(args, name)), None)
     if args.out == OUT and study:  # each study keeps its own file
         args.out = OUT.with_name(f"int8_speed_{study}.json")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_results(args.out.name, result, out=args.out.parent)
     print(f"wrote {args.out}")
 
 

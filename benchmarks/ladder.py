@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -36,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgekd.benchmarking import write_results
 from edgekd.checkpoints import load_stage_model
 from edgekd.config import ActivationScheme
 from edgekd.data import load_fashion_mnist
@@ -340,17 +340,14 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.run_dir.resolve()
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        payload = {"mode": mode, "threads": args.threads, "timing": dict(zip(("per_round", "rounds"), TIMING[mode])),
-                   "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-                            "cpus": os.cpu_count(), "torch": torch.__version__}}
+        payload = {"mode": mode, "threads": args.threads, "timing": dict(zip(("per_round", "rounds"), TIMING[mode]))}
         payload["ladder"] = run_ladder(run_dir, args.threads, args.calibration, mode, folder)
         if standard:
             calibration = args.standard_calibration or (8 if args.quick else 64)
             opset = json.loads((run_dir / "config.json").read_text())["profile"]["export"]["opset"]
             payload["standard"] = run_standard(args.threads, calibration, mode, folder, opset)
     print_report(payload)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    write_results(args.out.name, payload, out=args.out.parent)
     print(f"written: {args.out}")
     return 0
 

@@ -33,6 +33,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
+from edgekd.benchmarking import commit, seeds_argument, write_markdown
+from edgekd.runfolder import atomic_write_json
 from edgekd.testing import write_image_folder
 
 OUT = REPO / "benchmarks" / "out" / "own_data"
@@ -52,11 +54,10 @@ def compress(data: Path, seed: int, run_dir: Path, cache: Path, profile: str = "
         return {"seed": seed, "exit": done.returncode, "error": done.stderr.strip().splitlines()[-1:], "seconds": seconds}
     report = json.loads(report_path.read_text())
     stages = {s["name"]: s for s in report["stages"]}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout
     teacher, student = stages["teacher"], report["stages"][-1]
     return {
         "seed": seed,
-        "commit": commit.strip(),
+        "commit": commit(),  # the checkout edgekd ran from (None outside one)
         "exit": done.returncode,
         "seconds": round(seconds, 1),
         "teacher_test": teacher["accuracy"],
@@ -106,7 +107,7 @@ def label_only_reference(data: Path, seed: int, image_size: int = 28) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 5000, 10000])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    seeds_argument(parser)
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--profile", default="default", help="a profile name or TOML file (default: default)")
     parser.add_argument("--tag", default="", help="keep this variant's rows apart: results-TAG.json, run-TAG-*")
@@ -135,7 +136,7 @@ def main() -> None:
             row = compress(trees[size], seed, OUT / f"{prefix}{size}{variant}-{seed}", OUT / "cache", args.profile,
                            args.image_size)
             entry["runs"][str(seed)] = row
-            results_path.write_text(json.dumps(results, indent=2))
+            atomic_write_json(results_path, results)  # the schema resume reads: {tree: {runs, reference}}
             print(json.dumps({"size": f"{size}{variant}", **{k: row.get(k) for k in
                                                ("seed", "exit", "teacher_test", "student_test", "gap_val_points",
                                                 "gap_test_points", "seconds")}}), flush=True)
@@ -143,9 +144,10 @@ def main() -> None:
         entry = results[f"{size}{variant}"]
         if not args.no_reference and entry["reference"] is None:
             entry["reference"] = label_only_reference(trees[size], 0, args.image_size)
-            results_path.write_text(json.dumps(results, indent=2))
+            atomic_write_json(results_path, results)
             print(json.dumps({"size": size, "reference": entry["reference"]}), flush=True)
     print(table(results))
+    write_markdown(results_path.with_suffix(".md"), table(results))
 
 
 def table(results: dict) -> str:

@@ -24,6 +24,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
+from edgekd.benchmarking import write_results
 from edgekd.checkpoints import load_stage_model
 from edgekd.config import Profile, Target
 from edgekd.data import load_data
@@ -89,9 +90,9 @@ def main() -> None:
                    "val": accuracy(pruned, data.val), "test": accuracy(pruned, data.test), "seconds": round(seconds, 1)}
             rows["curve"].append(row)
             print(json.dumps(row), flush=True)
-            OUT.parent.mkdir(parents=True, exist_ok=True)
-            OUT.write_text(json.dumps(rows, indent=2))
+            write_results(OUT.name, rows, out=OUT.parent)
     print(table(rows))
+    write_results(OUT.name, rows, table(rows), out=OUT.parent)
 
 
 def table(rows: dict) -> str:

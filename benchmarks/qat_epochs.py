@@ -20,7 +20,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-from benchmarks.distill_losses import mean_std, parse_seeds
+from distill_losses import mean_std  # benchmarks/, the script's own folder
+from edgekd.benchmarking import seeds_argument, write_results
 from edgekd.checkpoints import load_stage_model
 from edgekd.config import load_profile, load_target
 from edgekd.data import load_data
@@ -34,10 +35,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="a finished `edgekd compress` run folder")
     parser.add_argument("--epochs", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--seeds", default="0,1,2")
+    seeds_argument(parser, help="QAT seeds (space- or comma-separated)")
     parser.add_argument("--cache-dir", type=Path, default=None)
     args = parser.parse_args()
-    seeds = parse_seeds(parser, args.seeds)
+    seeds = args.seeds
     config = json.loads((args.run / "config.json").read_text())
     profile = load_profile(config["profile"]["name"])  # the recipe the run folder was made with
     target = load_target(config["target"]["name"])
@@ -72,9 +73,7 @@ def main() -> None:
         row["mean"], row["std"] = mean, std
         print(f"| {epochs} | {100 * mean:.2f} ± {100 * std:.2f} | {', '.join(f'{100 * v:.2f}' for v in row['val'])} | "
               f"{100 * (rows['parent_fp32_val'] - mean):.2f} | {sum(row['seconds']) / len(row['seconds']):.0f} |")
-    out = REPO / "benchmarks" / "out"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "qat_epochs.json").write_text(json.dumps(rows, indent=2))
+    write_results("qat_epochs", rows, out=REPO / "benchmarks" / "out")
 
 
 if __name__ == "__main__":

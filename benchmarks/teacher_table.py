@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
+from edgekd.benchmarking import write_results
 from edgekd.config import load_profile
 from edgekd.data import augmentations, load_data
 from edgekd.training.losses import DistillationObjective
@@ -67,8 +67,7 @@ def main() -> None:
               "views": view_count(augment), "table_build_seconds": round(build_seconds, 2),
               "epoch_seconds": {k: [round(v, 2) for v in vs] for k, vs in seconds.items()},
               "online_median": round(online, 2), "table_median": round(looked_up, 2), "speedup": round(online / looked_up, 2)}
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2))
+    write_results(OUT.name, result, out=OUT.parent)
     print(f"one distillation epoch ({len(data.train)} images): online teacher {online:.1f} s, table {looked_up:.1f} s "
           f"({online / looked_up:.2f}x); the table took {build_seconds:.1f} s to build, once per run; {OUT}")
 
