@@ -285,6 +285,7 @@ def test_channel_padding_ships_only_where_the_whole_file_gets_faster(tmp_path):
     if not keep:  # the mixed file lost to all-INT8 (timed, so it may on any CPU): nothing float, nothing padded
         assert facts["channels_padded"] == [] and conv_counts(int8)["float"] == 0
         assert facts["mixed_precision"].startswith("not chosen")
+        assert re.match(r"(kept|dropped): batch 1: padded", facts["channel_padding"])  # its timing is kept
         return
     figures = [tuple(map(float, pair)) for pair in
                re.findall(r"padded ([\d.]+) ms vs unpadded ([\d.]+) ms", facts["channel_padding"])]

@@ -146,7 +146,9 @@ def _mix_if_faster(int8_path: Path, calibration: np.ndarray, keep: list[str],
         if mixed_ms < int8_ms:
             return keep, {**facts, "mixed_precision": f"chosen: {figures}"}
         atomic_write_bytes(Path(int8_path), all_int8.read_bytes())
-    return [], {"channels_padded": [], "mixed_precision": f"not chosen (the whole file was not faster): {figures}"}
+    # the padding's own timing stays in the record: it was measured, though nothing ships it
+    dropped = {"channel_padding": facts["channel_padding"]} if "channel_padding" in facts else {}
+    return [], {"channels_padded": [], **dropped, "mixed_precision": f"not chosen (the whole file was not faster): {figures}"}
 
 
 PADDING_BATCH = 64  # where a layout's cost shows: at batch 1 the Transpose it changes takes a few us
