@@ -19,6 +19,11 @@ is what it promises), its width the mean of bound - measured drop, and its power
 whose true drop is 0 is shown within a 1-point budget (MET).
 
     python benchmarks/accuracy_bound.py        # ~10 s; writes docs/accuracy_bound.md and benchmarks/out/accuracy_bound.json
+    python benchmarks/accuracy_bound.py --own-data benchmarks/out/own_data   # every bound on real rows
+
+`--own-data FOLDER` reads the run folders `benchmarks/own_data.py` left (their report.json holds the
+teacher's and the shipped student's per-image test results) and prints each bound, and the state it
+would give at a 1-point budget, for every row: the bounds measured on real student-teacher pairs.
 """
 
 from __future__ import annotations
@@ -137,8 +142,36 @@ def markdown(rows: list[dict], result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def own_data_rows(folder: Path) -> str:
+    """Every bound on the own-data runs' real (teacher, student) pairs, as a Markdown table."""
+    from edgekd.verify.accuracy_budget import unpack_hits
+
+    lines = ["| run | test images | teacher only | student only | drop (points) | "
+             + " | ".join(f"{name} bound" for name in BOUNDS) + " |",
+             "|---|---:|---:|---:|---:|" + "---:|" * len(BOUNDS)]
+    for report_path in sorted(Path(folder).glob("run-*/report.json")):
+        report = json.loads(report_path.read_text())
+        teacher, student = report["stages"][0], report["stages"][-1]
+        n = teacher["test_images"]
+        t, s = unpack_hits(teacher["test_correct"], n), unpack_hits(student["test_correct"], n)
+        a, b, c = float(np.sum(t & s)), float(np.sum(t & ~s)), float(np.sum(~t & s))
+        cells = []
+        for bound in BOUNDS.values():
+            upper = 100 * float(bound(a, b, c, n, CONFIDENCE))
+            state = "MISSED" if 100 * (b - c) / n > 100 * BUDGET else "MET" if upper <= 100 * BUDGET else "NOT SHOWN"
+            cells.append(f"{upper:.2f} {state}")
+        lines.append(f"| {report_path.parent.name} | {n} | {int(b)} | {int(c)} | {100 * (b - c) / n:.2f} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # no options; --help says what it does
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--own-data", type=Path, help="own_data.py's output folder: every bound on its real rows")
+    args = parser.parse_args()
+    if args.own_data is not None:
+        print(own_data_rows(args.own_data))
+        return
     rows = simulate(np.random.default_rng(0))
     result = summary(rows)
     for name, s in result.items():

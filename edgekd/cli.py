@@ -52,7 +52,7 @@ def _root(
 def compress(
     target: Annotated[Optional[str], typer.Option(help="Target name (see `edgekd targets list`) or a TOML file. [default: jetson-orin]")] = None,
     profile: Annotated[Optional[str], typer.Option(help="Recipe name (see `edgekd profiles list`) or a TOML file. [default: default]")] = None,
-    data: Annotated[Optional[str], typer.Option(help="ImageFolder tree (train/ + val/, or one tree split by the profile's val_fraction). Default: Fashion-MNIST from Debian's dataset-fashion-mnist.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="ImageFolder tree (train/ + val/ or test/, or one tree of class folders split by the profile's data.test_fraction and data.val_fraction). Default: Fashion-MNIST from Debian's dataset-fashion-mnist.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Square size ImageFolder images are resized to. [default: 32]", min=8, max=4096)] = None,
     teacher: Annotated[Optional[str], typer.Option(help="Teacher: an edgekd checkpoint, a state dict (+ --teacher-arch), a TorchScript or torch.export (.pt2) file, or an architecture name with --teacher-weights. Default: train the built-in teacher once and cache it.")] = None,
     teacher_arch: Annotated[Optional[str], typer.Option(help="Architecture of a bare state-dict --teacher.")] = None,
