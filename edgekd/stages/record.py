@@ -16,6 +16,8 @@ from torch import nn
 
 from edgekd.stages import StageContext
 
+EVAL_THREADS = 2  # ONNX Runtime threads for measuring accuracy on the exported files
+
 
 @dataclass(frozen=True)
 class StageRecord:
@@ -85,5 +87,3 @@ def record_stage(name: str, model: nn.Module, ctx: StageContext, *, precision: s
         details={**details, **exported.details},
     )
 
-
-EVAL_THREADS = 2  # ONNX Runtime threads for measuring accuracy on the exported files
